@@ -22,7 +22,7 @@ class Command:
     run: Callable
 
 COMMANDS: dict = {}
-COMMAND_MODULES = ['kdkit.cli']  # modules whose import registers subcommands
+COMMAND_MODULES = ['kdkit.cache', 'kdkit.cli']  # modules whose import registers subcommands
 
 def register_command(name:str, # subcommand name, as typed after `kdkit`
                      help:str, # one line shown by `kdkit --help`
