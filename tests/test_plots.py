@@ -1,0 +1,163 @@
+"""kdkit.plots: the data behind each figure, stage shading, saved PNGs, and the LiveDashboard callback run
+headless, inside a real Trainer, and inside a real Jupyter kernel."""
+import math
+from types import SimpleNamespace
+import numpy as np
+import pytest, torch
+from kdkit import plots
+from kdkit.plots import (LiveDashboard, in_notebook, plot_group_plan, plot_losses, plot_lr_groups, save_figures,
+                         stage_spans, synthetic_log_history)
+
+torch.set_num_threads(1)
+
+def labels(ax): return [l.get_label() for l in ax.lines]
+
+def two_stage_restarting():
+    "Two stages whose Trainer step counter restarts at 1, as when each stage calls `train()` afresh."
+    h = []
+    for stage, lrs in (('s1', {'lr/emb': 0.0, 'lr/seam': 1e-3, 'lr/rest': 0.0}), ('s2', {'lr/emb': 0.0, 'lr/seam': 5e-4, 'lr/rest': 1e-4})):
+        for step in range(1, 6):
+            h.append({'loss': 3 - step / 10, 'ce_loss': 4 - step / 10, 'kd_loss': 2 - step / 10, 'stage': stage, **lrs, 'step': step})
+        h.append({'eval_loss': 2.5, 'eval_ce_loss': 3.5, 'eval_kd_loss': 1.5, 'eval_top1_agreement': 0.7, 'step': 5})
+    h.append({'train_runtime': 1.0, 'train_loss': 2.0, 'step': 5})  # the Trainer's closing summary
+    return h
+
+def test_plot_losses_data_and_stages():
+    h = synthetic_log_history(steps=(30, 20), stages=('heal_seam', 'heal_all'), eval_every=10)
+    fig = plot_losses(h)
+    ax, ax1 = fig.axes
+    assert labels(ax) == ['loss', 'ce_loss', 'kd_loss', 'eval_loss', 'eval_ce_loss', 'eval_kd_loss']
+    kd = ax.lines[2]
+    train = [e for e in h if 'kd_loss' in e]
+    assert list(kd.get_xdata()) == [e['step'] for e in train]
+    np.testing.assert_allclose(kd.get_ydata(), [e['kd_loss'] for e in train])
+    assert list(ax.lines[3].get_xdata()) == [10, 20, 30, 40, 50]
+    assert labels(ax1) == ['eval_top1_agreement']
+    assert [t.get_text() for t in ax.texts] == ['heal_seam', 'heal_all']
+    spans = [p.get_x() for p in ax.patches], [p.get_width() for p in ax.patches]
+    assert spans == ([0, 30], [30, 20])  # shaded: [0, 30] and [30, 50]
+
+def test_restarting_steps_and_eval_without_stage():
+    h = two_stage_restarting()
+    assert stage_spans(h) == [('s1', 0, 5), ('s2', 5, 10)]
+    ax = plot_losses(h).axes[0]
+    assert list(ax.lines[0].get_xdata()) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert list(ax.lines[3].get_xdata()) == [5, 10]  # eval entries inherit the stage before them
+    assert 'train_loss' not in labels(ax)
+
+def test_plot_lr_groups_frozen_visible():
+    h = two_stage_restarting()
+    ax = plot_lr_groups(h).axes[0]
+    assert labels(ax) == ['emb', 'seam', 'rest']
+    rest = dict(zip(ax.lines[2].get_xdata(), ax.lines[2].get_ydata()))
+    assert all(rest[x] == 0.0 for x in range(1, 6)) and all(rest[x] == 1e-4 for x in range(6, 11))
+    assert set(ax.lines[0].get_ydata()) == {0.0}
+    lo, hi = ax.get_ylim()
+    assert lo < 0 < 1e-3 < hi  # zero and the top both inside the frame
+    assert [t.get_text() for t in ax.texts] == ['s1', 's2']
+    # a plain Trainer history: the Trainer's own learning_rate key
+    ax = plot_lr_groups([{'loss': 1.0, 'learning_rate': 2e-3, 'step': 1}, {'loss': 0.9, 'learning_rate': 1e-3, 'step': 2}]).axes[0]
+    assert labels(ax) == ['learning_rate'] and list(ax.lines[0].get_ydata()) == [2e-3, 1e-3]
+
+def test_empty_and_bad_history():
+    assert plot_losses([]).axes[0].texts[0].get_text() == 'no loss logged yet'
+    assert plot_lr_groups([]).axes[0].texts[0].get_text() == 'no learning rate logged yet'
+    with pytest.raises(TypeError, match='list of dicts'): plot_losses({'loss': 1})
+    with pytest.raises(ValueError, match=r"log_history\[1\] has no numeric 'step'"): plot_losses([{'loss': 1, 'step': 1}, {'loss': 2}])
+    ax = plot_losses([{'loss': float('nan'), 'step': 1}, {'loss': 1.0, 'step': 2}]).axes[0]
+    assert list(ax.lines[0].get_xdata()) == [2]  # non-finite values are left out, not drawn as gaps at 0
+
+def test_plot_group_plan():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from kdkit.param_groups import ParameterGroupManager
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2))
+    pgm = ParameterGroupManager([{'name': 'emb', 'pattern': 'embed', 'lr_multiplier': 0},
+                                 {'name': 'top', 'pattern': r'layers\.1\.', 'lr_multiplier': 2.5}], default_lr_multiplier=0.1)
+    ax = plot_group_plan(pgm, m).axes[0]
+    rows = pgm.summary(m).rows
+    assert [p.get_width() for p in ax.patches] == [r['parameters'] for r in rows]
+    assert [p.get_hatch() for p in ax.patches] == ['//', None, None]
+    assert [t.get_text().split('(')[0].strip() for t in ax.texts] == ['frozen', 'lr x2.5', 'lr x0.1']
+    assert all(p.requires_grad for p in m.parameters())  # plotting the plan does not apply it
+
+def test_save_figures(tmp_path):
+    import matplotlib.image as mpimg
+    out = tmp_path / 'run' / 'nested'
+    paths = save_figures(synthetic_log_history(), out)
+    assert sorted(p.name for p in out.iterdir()) == ['loss.png', 'lr_groups.png']
+    for p in paths.values():
+        img = mpimg.imread(p)
+        assert img.shape[0] > 200 and img.shape[1] > 500 and img.std() > 0.01  # a real picture, not blank
+
+def fake_state(h, step=80, max_steps=80):
+    return SimpleNamespace(log_history=h, global_step=step, max_steps=max_steps, is_world_process_zero=True)
+
+def test_dashboard_headless(capsys):
+    h = synthetic_log_history()
+    assert not in_notebook()
+    quiet = LiveDashboard()  # not a kernel: off, silent
+    quiet.on_log(None, fake_state(h), None, logs=h[-1]); quiet.on_train_end(None, fake_state(h), None)
+    assert (quiet.enabled, quiet.figures, quiet.widget) == (False, {}, None)
+    dash = LiveDashboard(enabled=True, min_interval=3600)
+    dash.on_log(None, fake_state(h[:10], step=10), None, logs=h[9])
+    assert dash.progress.startswith('step 10/80 | stage seam | loss ')
+    assert len(dash.figures['loss'].axes[0].lines[0].get_xdata()) == 10
+    dash.on_log(None, fake_state(h, step=80), None, logs=h[-1])  # within min_interval: not redrawn
+    assert dash.progress.startswith('step 10/80')
+    dash.on_train_end(None, fake_state(h, step=80), None)  # the end always redraws
+    assert dash.progress.startswith('step 80/80 | stage all')
+    assert 'eval_top1_agreement 0.8' in dash.progress
+    assert labels(dash.figures['lr_groups'].axes[0]) == ['embeddings', 'seam', 'rest']
+    assert dash.widget is None
+    assert capsys.readouterr().out == ''  # nothing noisy
+
+def test_dashboard_widget_path(monkeypatch):
+    """With a kernel faked, the dashboard builds its widgets once and writes the progress line into them."""
+    import IPython.display
+    shown = []
+    monkeypatch.setattr(plots, 'in_notebook', lambda: True)
+    monkeypatch.setattr(IPython.display, 'display', lambda *a, **k: shown.extend(a))
+    monkeypatch.setattr(IPython.display, 'clear_output', lambda *a, **k: None)
+    h = synthetic_log_history()
+    dash = LiveDashboard(min_interval=0)
+    assert dash.enabled
+    dash.on_log(None, fake_state(h[:5], step=5), None); w = dash.widget
+    dash.on_log(None, fake_state(h, step=80), None)
+    assert dash.widget is w and type(w).__name__ == 'VBox'
+    assert '<code>step 80/80 | stage all' in dash._line.value
+    assert shown[0] is w and sum(1 for s in shown if s is w) == 1  # the widget is displayed once, figures each time
+    assert sum(1 for s in shown if type(s).__name__ == 'Figure') == 4
+
+def test_dashboard_in_trainer_run(tmp_path):
+    """A real (tiny) Trainer run with the dashboard forced on: it sees every logged step."""
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=1))
+    ids = torch.randint(0, 64, (8, 8)).tolist()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, logging_steps=1,
+                             use_cpu=True, report_to=[], save_strategy='no', disable_tqdm=True)
+    dash = LiveDashboard(enabled=True, min_interval=0)
+    Trainer(model=m, args=args, train_dataset=Dataset.from_dict({'input_ids': ids, 'labels': ids}), callbacks=[dash]).train()
+    ax = dash.figures['loss'].axes[0]
+    assert labels(ax) == ['loss'] and list(ax.lines[0].get_xdata()) == [1, 2, 3, 4]
+    assert labels(dash.figures['lr_groups'].axes[0]) == ['learning_rate']
+    assert dash.progress.startswith('step 4/4')
+
+def test_dashboard_in_a_real_kernel():
+    """Inside a Jupyter kernel (as in Jupyter or papermill) the dashboard turns itself on and shows a widget."""
+    nbformat = pytest.importorskip('nbformat'); nbclient = pytest.importorskip('nbclient')
+    src = ("from types import SimpleNamespace\nfrom kdkit.plots import LiveDashboard, in_notebook, synthetic_log_history\n"
+           "h = synthetic_log_history()\nd = LiveDashboard(min_interval=0)\n"
+           "d.on_log(None, SimpleNamespace(log_history=h, global_step=80, max_steps=80, is_world_process_zero=True), None)\n"
+           "print(in_notebook(), d.enabled, d.progress[:10])")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src)])
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'python3', 'language': 'python'}
+    nbclient.NotebookClient(nb, timeout=120, kernel_name='python3').execute()
+    outs = nb.cells[0].outputs
+    text = ''.join(o.get('text', '') for o in outs if o.output_type == 'stream')
+    assert 'True True step 80/80' in text
+    assert any('application/vnd.jupyter.widget-view+json' in o.get('data', {}) for o in outs)
