@@ -189,9 +189,8 @@ def _check_trainable(self, tplan):
     raise ValueError("no trainable parameter left: " + '; '.join(parts) +
                      ". Give one of these rules (or default_lr_multiplier) a multiplier above 0.")
 
-def apply(self, model:nn.Module) -> nn.Module:
-    "Freeze (multiplier 0) and un-freeze what kdkit froze before, per the rules; returns `model`."
-    tplan = self.plan(model)
+def _apply_plan(self, tplan):
+    "Set `requires_grad` from `tplan` (after checking something trains), marking what kdkit freezes."
     self._check_trainable(tplan)
     for t in tplan:
         if t.trainable and not t.param.requires_grad:
@@ -200,9 +199,14 @@ def apply(self, model:nn.Module) -> nn.Module:
         elif not t.trainable and t.param.requires_grad:
             t.param.requires_grad_(False)
             setattr(t.param, KDKIT_FROZEN, True)
+
+def apply(self, model:nn.Module) -> nn.Module:
+    "Freeze (multiplier 0) and un-freeze what kdkit froze before, per the rules; returns `model`."
+    self._apply_plan(self.plan(model))
     return model
 
-ParameterGroupManager._check_trainable, ParameterGroupManager.apply = _check_trainable, apply
+ParameterGroupManager._check_trainable, ParameterGroupManager._apply_plan = _check_trainable, _apply_plan
+ParameterGroupManager.apply = apply
 
 # %% ../nbs/03_param_groups.ipynb #8038f26f
 def param_groups(self, model:nn.Module,
@@ -214,7 +218,7 @@ def param_groups(self, model:nn.Module,
     learning_rate = _number(learning_rate, 'learning_rate', 'param_groups')
     weight_decay = _number(weight_decay, 'weight_decay', 'param_groups')
     tplan = self.plan(model, decay_parameter_names)
-    self.apply(model)
+    self._apply_plan(tplan)
     groups = []
     for r in self.rules + [self.default_rule]:
         if r.frozen: continue
