@@ -213,11 +213,13 @@ class LiveDashboard(TrainerCallback):
     "Redraws loss and learning-rate plots with a progress line in a notebook on every log; silent elsewhere."
     def __init__(self,
                  enabled:bool=None, # None: only inside a Jupyter kernel; True builds the figures anywhere (headless)
-                 min_interval:float=1.0, # seconds between redraws (the end of training always redraws)
+                 min_interval:float=2.0, # seconds between redraws at least (the end of training always redraws)
+                 max_overhead:float=0.1, # and at most this share of wall time spent drawing
                 ):
         self.interactive = in_notebook()  # widgets are shown only in a kernel
         self.enabled = self.interactive if enabled is None else bool(enabled)
-        self.min_interval, self.last_draw = min_interval, -math.inf
+        if not 0 < max_overhead <= 1: raise ValueError(f"max_overhead must be in (0, 1], got {max_overhead!r}")
+        self.min_interval, self.max_overhead, self.next_draw = min_interval, max_overhead, -math.inf
         self.widget, self.figures, self.progress = None, {}, ''
 
     def _show(self):
@@ -230,20 +232,21 @@ class LiveDashboard(TrainerCallback):
 
     def redraw(self, state):
         "Rebuild the figures and progress line from `state`, and show them in the widgets when in a notebook."
+        t0 = time.monotonic()
         self.progress = progress_line(state)
         self.figures = {'loss': plot_losses(state.log_history), 'lr_groups': plot_lr_groups(state.log_history)}
-        self.last_draw = time.monotonic()
-        if not self.interactive: return
-        from IPython.display import display, clear_output
-        if self.widget is None: self._show()
-        self._line.value = f"<code>{html.escape(self.progress)}</code>"
-        with self._out:
-            clear_output(wait=True)
-            for f in self.figures.values(): display(f)
+        if self.interactive:
+            from IPython.display import display, clear_output
+            if self.widget is None: self._show()
+            self._line.value = f"<code>{html.escape(self.progress)}</code>"
+            with self._out:
+                clear_output(wait=True)
+                for f in self.figures.values(): display(f)
+        t1 = time.monotonic()  # drawing took t1 - t0: wait long enough that it stays a small share of the run
+        self.next_draw = t1 + max(self.min_interval, (t1 - t0) * (1 / self.max_overhead - 1))
 
     def on_log(self, args, state, control, **kwargs):
-        if self.enabled and state.is_world_process_zero and time.monotonic() - self.last_draw >= self.min_interval:
-            self.redraw(state)
+        if self.enabled and state.is_world_process_zero and time.monotonic() >= self.next_draw: self.redraw(state)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.enabled and state.is_world_process_zero and state.log_history: self.redraw(state)

@@ -113,6 +113,24 @@ def test_dashboard_headless(capsys):
     assert dash.widget is None
     assert capsys.readouterr().out == ''  # nothing noisy
 
+def test_dashboard_throttles_slow_drawing(monkeypatch):
+    """Drawing that takes 1 s is redrawn no sooner than 9 s later (max_overhead 10%), and always at the end."""
+    clock = SimpleNamespace(now=100.0)
+    monkeypatch.setattr(plots.time, 'monotonic', lambda: clock.now)
+    real = plots.plot_losses
+    def slow(h):
+        clock.now += 1.0
+        return real(h)
+    monkeypatch.setattr(plots, 'plot_losses', slow)
+    h = synthetic_log_history()
+    dash = LiveDashboard(enabled=True, min_interval=2.0, max_overhead=0.1)
+    drawn = lambda: dash.progress.split(' | ')[0]
+    dash.on_log(None, fake_state(h, step=1), None); assert drawn() == 'step 1/80' and dash.next_draw == 101.0 + 9.0
+    clock.now = 109.0; dash.on_log(None, fake_state(h, step=2), None); assert drawn() == 'step 1/80'
+    clock.now = 110.0; dash.on_log(None, fake_state(h, step=3), None); assert drawn() == 'step 3/80'
+    dash.on_train_end(None, fake_state(h, step=4), None); assert drawn() == 'step 4/80'
+    with pytest.raises(ValueError, match='max_overhead'): LiveDashboard(max_overhead=0)
+
 def test_dashboard_widget_path(monkeypatch):
     """With a kernel faked, the dashboard builds its widgets once and writes the progress line into them."""
     import IPython.display
@@ -121,7 +139,7 @@ def test_dashboard_widget_path(monkeypatch):
     monkeypatch.setattr(IPython.display, 'display', lambda *a, **k: shown.extend(a))
     monkeypatch.setattr(IPython.display, 'clear_output', lambda *a, **k: None)
     h = synthetic_log_history()
-    dash = LiveDashboard(min_interval=0)
+    dash = LiveDashboard(min_interval=0, max_overhead=1.0)
     assert dash.enabled
     dash.on_log(None, fake_state(h[:5], step=5), None); w = dash.widget
     dash.on_log(None, fake_state(h, step=80), None)
