@@ -427,14 +427,14 @@ def read_cache_metadata(path) -> dict:
     try: f = h5py.File(path, 'r')
     except OSError as e: raise CacheError(f'{path}: not a readable HDF5 file (truncated, still being written, or not HDF5): {e}') from None
     with f:
-        a = dict(f.attrs)
+        a = {key: (v.item() if isinstance(v, np.generic) else v) for key, v in f.attrs.items()}
         if a.get('format') != FORMAT_NAME:
             raise CacheError(f"{path}: not a kdkit teacher cache (attribute 'format' is {a.get('format')!r}, expected {FORMAT_NAME!r})")
         if a.get('format_version') != FORMAT_VERSION:
             raise CacheError(f"{path}: cache format version {a.get('format_version')!r} is not supported by kdkit {kdkit.__version__} (reads version {FORMAT_VERSION})")
         missing = [key for key in META_KEYS if key not in a]
         if missing: raise CacheError(f'{path}: missing attributes {missing}')
-        meta = {key: (v.item() if isinstance(v, np.generic) else v) for key, v in a.items()}
+        meta = dict(a)
         meta['temperatures'] = [float(t) for t in np.atleast_1d(a['temperatures'])]
         need = list(_DATASETS.get(meta['mode'], ())) + (['ids_hi'] if meta['vocab_size'] > 1 << 16 else [])
         for name in need:
