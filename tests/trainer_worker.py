@@ -1,0 +1,44 @@
+"""A two-stage distillation run for tests/test_trainer_runs.py: started with python (one process) or torchrun (DDP on
+CPU, gloo), optionally SIGKILLing itself at a global step. Writes history and final weights under --out."""
+import argparse, json, os, signal, sys
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+from kdkit.cache import CachedLogitsDataset
+from kdkit.trainer import DistillationTrainer, DistillationTrainingArguments, run_stages
+
+p = argparse.ArgumentParser()
+p.add_argument('--cache', required=True)
+p.add_argument('--out', required=True)
+p.add_argument('--batch', type=int, default=4, help='per-device batch size')
+p.add_argument('--accum', type=int, default=1)
+p.add_argument('--chunk', type=int, default=0, help='loss_chunk_size (0: unfused)')
+p.add_argument('--steps', default='3,3', help='steps of stage 1 and stage 2')
+p.add_argument('--save_steps', type=int, default=2)
+p.add_argument('--kill_at', type=int, default=0, help='SIGKILL this process at the end of this global step')
+a = p.parse_args()
+torch.set_num_threads(1)
+
+class Kill(TrainerCallback):
+    def on_step_end(self, args, state, control, **kw):
+        if a.kill_at and state.global_step == a.kill_at: os.kill(os.getpid(), signal.SIGKILL)
+
+cache = CachedLogitsDataset(a.cache)
+V = cache.metadata['vocab_size']
+torch.manual_seed(1)
+student = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                       num_key_value_heads=2, num_hidden_layers=2, tie_word_embeddings=False))
+args = DistillationTrainingArguments(
+    output_dir=a.out, per_device_train_batch_size=a.batch, gradient_accumulation_steps=a.accum, learning_rate=2e-3,
+    logging_steps=1, save_steps=a.save_steps, report_to=[], use_cpu=True, disable_tqdm=True, seed=0, data_seed=0,
+    loss_chunk_size=a.chunk or None, alpha=0.6, temperature=1.0, dataloader_num_workers=0)
+trainer = DistillationTrainer(student, args, train_dataset=cache, callbacks=[Kill()])
+s1, s2 = (int(s) for s in a.steps.split(','))
+stages = [dict(name='freeze', max_steps=s1, lr_rules=[{'name': 'layer0', 'pattern': r'layers\.0\.', 'lr_multiplier': 0},
+                                                      {'name': 'emb', 'pattern': r'embed_tokens', 'lr_multiplier': 0}]),
+          dict(name='all', max_steps=s2, learning_rate=1e-3, lr_rules=[{'name': 'emb', 'pattern': r'embed_tokens', 'lr_multiplier': 0.5}])]
+history = run_stages(trainer, stages)
+rank = int(os.environ.get('RANK', 0))
+torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, os.path.join(a.out, f'weights-rank{rank}.pt'))
+if rank == 0:
+    with open(os.path.join(a.out, 'history.json'), 'w') as f: json.dump(history, f)
