@@ -198,8 +198,23 @@ def test_fused_bad_shapes():
     tg = topk_targets(torch.randn(2, 3, 10), 2)
     with pytest.raises(ValueError, match='lm_head_weight must be'):
         fused_distillation_loss(h, W, torch.zeros(2, 3, dtype=torch.long), tg)
-    with pytest.raises(ValueError, match='share a dtype'):
-        fused_distillation_loss(h, torch.randn(10, 8).double(), torch.zeros(2, 3, dtype=torch.long), tg)
+    with pytest.raises(ValueError, match='lm_head_bias must be'):
+        fused_distillation_loss(h, torch.randn(10, 8), torch.zeros(2, 3, dtype=torch.long), tg, lm_head_bias=torch.randn(9))
+
+
+def test_fused_mixed_dtypes_cast_hidden_to_weight():
+    g = torch.Generator().manual_seed(12)
+    h, W = torch.randn(2, 5, 8, generator=g), torch.randn(10, 8, generator=g, dtype=torch.float64)
+    lab = torch.randint(0, 10, (2, 5), generator=g)
+    tg = topk_targets(torch.randn(2, 5, 10, generator=g), 3)
+    h1, W1 = h.clone().requires_grad_(), W.clone().requires_grad_()
+    out = fused_distillation_loss(h1, W1, lab, tg, chunk_size=3)
+    out.loss.backward()
+    h2, W2 = h.double().requires_grad_(), W.clone().requires_grad_()
+    ref = distillation_loss(h2 @ W2.T, lab, tg)
+    ref.loss.backward()
+    assert h1.grad.dtype == torch.float32 and W1.grad.dtype == torch.float64
+    assert torch.allclose(out.loss, ref.loss) and torch.allclose(W1.grad, W2.grad) and torch.allclose(h1.grad.double(), h2.grad)
 
 
 def test_refuses_other_logit_transforms():
