@@ -234,3 +234,18 @@ def test_temperature_missing_from_cache_is_refused(setup, tmp_path):
         DistillationTrainer(llama(setup['V'], 1, 1), targs(tmp_path, temperature=3.0), train_dataset=setup['k16'])
     tr = DistillationTrainer(llama(setup['V'], 1, 1), targs(tmp_path), train_dataset=setup['k16'])
     with pytest.raises(CacheError, match='temperature=3'): tr.update_stage(dict(name='hot', max_steps=1, temperature=3.0))
+
+def test_epoch_stage_and_manual_update_stage(setup, tmp_path):
+    "A stage given in epochs runs ceil(epochs x steps per epoch) steps; update_stage leaves the caller's arguments alone."
+    a = targs(tmp_path, max_steps=-1, per_device_train_batch_size=8)
+    tr = DistillationTrainer(llama(setup['V'], 1, 1), a, train_dataset=setup['k16'])
+    per_epoch = math.ceil(len(setup['k16']) / 8)
+    assert tr.stage_steps(Stage('e', num_train_epochs=0.5)) == math.ceil(0.5 * per_epoch)
+    h = run_stages(tr, [Stage('e', num_train_epochs=0.5), Stage('s', max_steps=1, learning_rate=0.0)])
+    assert [e['step'] for e in h if 'loss' in e] == list(range(1, math.ceil(0.5 * per_epoch) + 2))
+    assert h[-2]['stage'] == 's' and h[-2]['learning_rate'] == 0.0
+    assert a.output_dir == str(tmp_path / 'out') and a.max_steps == -1 and a.learning_rate == 1e-3
+    tr.update_stage(dict(name='manual', max_steps=2, alpha=1.0))   # then a plain train(): two steps of pure KD
+    tr.train()
+    last = [e for e in tr.state.log_history if 'loss' in e]
+    assert [e['step'] for e in last] == [1, 2] and all(e['loss'] == pytest.approx(e['kd_loss'], rel=1e-5) for e in last)
