@@ -78,7 +78,8 @@ def test_topk_fields_equal_topk_targets(ref):
     order = r['teacher_ids'].argsort(-1)
     assert torch.equal(b['teacher_ids'], r['teacher_ids'].gather(-1, order))
     assert torch.equal(b['teacher_tail_logprob'], r['teacher_tail_logprob'])
-    assert torch.equal(b['teacher_lse'], r['teacher_lse'])
+    assert torch.equal(b['teacher_lse'][..., 1], r['teacher_lse'][..., 1]) and (b['teacher_lse'][..., 0] == 0).all()  # T=1: 0 by definition
+    with h5py.File(ref) as f: assert list(f['stats'].attrs['columns']) == ['top1_logprob', 'tail_logprob', 'lse_T=2']
     lp = r['teacher_logprobs'].gather(-1, order)
     d = (r['teacher_logprobs'][..., :1] - lp).numpy()
     bits, (d0, dmax) = 7, kc.VALUE_PRESETS[7]
