@@ -21,8 +21,9 @@ from .cli import register_command
 __all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'ALIGNMENT', 'VALUE_PRESETS', 'CODECS', 'META_KEYS', 'COMPAT_KEYS', 'LIBVER',
            'RUN_KEYS', 'CacheError', 'id_bits', 'encode_ids', 'decode_ids', 'quantise_logprobs', 'quant_error_bound',
            'dequantise_logprobs', 'create_cache_datasets', 'encode_targets', 'decode_targets', 'tokenizer_fingerprint',
-           'model_config_sha256', 'TeacherLogitsGenerator', 'read_cache_metadata', 'collate_teacher_batch',
-           'CachedLogitsDataset', 'reconstruct_teacher_logits', 'inspect_cache', 'format_inspection']
+           'model_config_sha256', 'sample_seed', 'TeacherLogitsGenerator', 'read_cache_metadata',
+           'collate_teacher_batch', 'CachedLogitsDataset', 'reconstruct_teacher_logits', 'inspect_cache',
+           'format_inspection']
 
 # %% ../nbs/01_cache.ipynb #c0a1b2c9
 FORMAT_NAME = 'kdkit-teacher-cache'
@@ -272,6 +273,17 @@ def _mismatch(a:dict, b:dict, keys) -> list:
 
 RUN_KEYS = COMPAT_KEYS + ('dataset_fingerprint', 'n_sequences', 'seed', 'codec')  # what a resumed run must share
 
+def sample_seed(seed:int, sequence:int, position:int) -> int:
+    "Seed of the generator drawing sample-mode targets for the chunk of `sequence` starting at `position`."
+    return ((seed * 1_000_003 + sequence) * 1_000_033 + position) % (2**63 - 1)
+
+def _plain_lm_head(model):
+    "(weight, bias) when the model's logits are `hidden @ W.T (+ b)` of its decoder's output, else None."
+    from kdkit.losses import model_lm_head
+    if not hasattr(model, 'get_decoder'): return None
+    try: return model_lm_head(model)
+    except (ValueError, AttributeError): return None
+
 # %% ../nbs/01_cache.ipynb #c0a1b2e7
 class TeacherLogitsGenerator:
     "Run a teacher once over a tokenised dataset and cache its top-k (or sampled) targets in HDF5."
@@ -286,7 +298,7 @@ class TeacherLogitsGenerator:
                  codec:str='gzip', # 'gzip' (default, any HDF5 reader), 'lzf', 'zstd' (hdf5plugin, smallest), 'none'
                  value_bits:int=7, # bits per quantised log-prob: 8, 7 or 6 (see VALUE_PRESETS)
                  segment_size:int=64, # sequences per crash-safe segment (the most a kill can lose)
-                 chunk_size:int|None=32, # positions per fp32 chunk when turning logits into targets (small chunks stay in cache: ~2x faster than 1,000)
+                 chunk_size:int|None=32, # positions whose logits exist at once (small chunks stay in cache: ~2x faster than 1,000)
                  progress:bool=True, # show a tqdm bar with tokens/s
                 ):
         if mode not in ('topk', 'sample'): raise ValueError(f"mode={mode!r}; use 'topk' or 'sample'")
@@ -322,20 +334,37 @@ class TeacherLogitsGenerator:
                     id_bits=id_bits(self.V), value_encoding='codes: round(K ln(1 + (top1 - logp)/d0)), K = (2^bits-1)/ln(1+dmax/d0)',
                     quant_bits=self.value_bits, quant_d0=d0, quant_dmax=dmax, codec=self.codec)
 
+    def _logit_chunks(self, x, m):
+        "Yield (sequence, first position, teacher logits [1,C,V]) for chunks of `chunk_size` positions of each sequence."
+        p = next(self.teacher.parameters())
+        x, m = torch.as_tensor(x, device=p.device), torch.as_tensor(m, device=p.device)
+        B, S = x.shape
+        C = self.chunk_size or S
+        head = _plain_lm_head(self.teacher)
+        if head is None:  # logits are not a plain linear map of the hidden states: use the model's own
+            z = self.teacher(input_ids=x, attention_mask=m).logits[..., :self.V]  # [B,S,V] teacher dtype
+            for i in range(B):
+                for c0 in range(0, S, C): yield i, c0, z[i:i + 1, c0:c0 + C]
+            return
+        from kdkit.losses import model_hidden_states
+        W, b = head[0][:self.V], (None if head[1] is None else head[1][:self.V])
+        h = model_hidden_states(self.teacher, x, m)                              # [B,S,H]: never [B,S,V] logits
+        for i in range(B):
+            for c0 in range(0, S, C): yield i, c0, torch.nn.functional.linear(h[i:i + 1, c0:c0 + C], W, b)  # [1,C,V]
+
     @torch.inference_mode()
     def _targets(self, x, m, start) -> dict:
-        "Encoded targets for a batch of sequences starting at global index `start`."
+        "Encoded targets [B,S,...] for a batch of sequences starting at global index `start`."
         from kdkit.losses import topk_targets, sample_targets
-        p = next(self.teacher.parameters())
-        logits = self.teacher(input_ids=torch.as_tensor(x, device=p.device),
-                              attention_mask=torch.as_tensor(m, device=p.device)).logits[..., :self.V]  # [B,S,V] teacher dtype
-        if self.mode == 'topk':
-            return encode_targets(topk_targets(logits, self.k, self.temperatures, self.chunk_size), self._meta)
-        parts = []
-        for i in range(logits.shape[0]):  # one generator per sequence: independent of batching, ranks, resumes
-            g = torch.Generator(device=logits.device).manual_seed(self.seed * 1_000_003 + start + i)
-            parts.append(encode_targets(sample_targets(logits[i:i + 1], self.n_samples, self.temperatures[0], g, self.chunk_size), self._meta))
-        return {key: np.concatenate([q[key] for q in parts]) for key in parts[0]}
+        rows = {}
+        for i, c0, z in self._logit_chunks(x, m):
+            if self.mode == 'topk': t = topk_targets(z, self.k, self.temperatures)
+            else:  # one generator per (sequence, chunk): draws do not depend on batching, ranks or resumes
+                g = torch.Generator(device=z.device).manual_seed(sample_seed(self.seed, start + i, c0))
+                t = sample_targets(z, self.n_samples, self.temperatures[0], g)
+            rows.setdefault(i, []).append(encode_targets(t, self._meta))
+        seqs = [{key: np.concatenate([q[key] for q in rows[i]], 1) for key in rows[i][0]} for i in sorted(rows)]
+        return {key: np.concatenate([q[key] for q in seqs]) for key in seqs[0]}
 
     def _write_segment(self, rows, a, b, parts, bar):
         "Compute sequences [a, b) and write them atomically to `parts/seg-A-B.h5`."
