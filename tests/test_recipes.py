@@ -12,7 +12,7 @@ TINY_STAGES = [
      "lr_rules": [{"pattern": "embed_tokens|lm_head", "lr_multiplier": 0.5, "name": "embeddings"},
                   {"pattern": r"layers\.", "lr_multiplier": 1.0, "name": "layers"}]},
 ]
-TINY = {"n_train_blocks": 16, "n_eval_blocks": 4, "seq_len": 64, "batch_size": 4, "eval_steps": 4, "k": 16, "stages": TINY_STAGES}
+TINY = {"n_train_blocks": 16, "n_eval_blocks": 4, "seq_len": 64, "batch_size": 4, "eval_steps": 4, "logging_steps": 1, "k": 16, "stages": TINY_STAGES}
 
 @pytest.mark.parametrize("name", ["r01_distill", "r02_sweep"])
 def test_parameters_are_declared(name):
