@@ -395,3 +395,29 @@ def test_smollm2_cache_real_text(tmp_path):
     torch.testing.assert_close(b['teacher_tail_logprob'], r['teacher_tail_logprob'], atol=1e-4, rtol=0)
     info = kc.inspect_cache(p, tokenizer=tok)
     assert info['mean_topk_mass'] > 0.5 and info['bytes_per_entry'] < 4
+
+# ---------------------------------------------------------------- memory and dtypes
+def test_no_full_logits_when_lm_head_is_plain(tmp_path):
+    "The generator runs the decoder and applies the lm_head per chunk: the model's forward (and its [B,S,V] logits) never run."
+    t = W.toy_teacher()
+    calls = []
+    t.register_forward_hook(lambda *a: calls.append('model'))
+    t.get_decoder().register_forward_hook(lambda *a: calls.append('decoder'))
+    TeacherLogitsGenerator(t, W.ToyTokenizer(), k=8, batch_size=4, chunk_size=5, progress=False).generate(W.toy_data(n=8), tmp_path / 'c.h5')
+    assert 'model' not in calls and calls.count('decoder') == 2
+    t.config.final_logit_softcapping = 30.0  # not a plain linear map: the model's own logits are used
+    calls.clear()
+    TeacherLogitsGenerator(t, W.ToyTokenizer(), k=8, batch_size=4, progress=False).generate(W.toy_data(n=8), tmp_path / 'd.h5')
+    assert calls.count('model') == 2
+
+def test_bf16_teacher(tmp_path):
+    t = W.toy_teacher().to(torch.bfloat16)
+    data = W.toy_data(n=4)
+    p = TeacherLogitsGenerator(t, W.ToyTokenizer(), k=16, batch_size=4, progress=False).generate(data, tmp_path / 'c.h5')
+    b = CachedLogitsDataset(p).read(range(4))
+    with torch.no_grad(): logits = t(input_ids=torch.as_tensor(data['input_ids']), attention_mask=torch.as_tensor(data['attention_mask'])).logits
+    r = topk_targets(logits, 16)
+    assert logits.dtype == torch.bfloat16 and b['teacher_logprobs'].dtype == torch.float32
+    same = (b['teacher_ids'] == r['teacher_ids'].sort(-1).values).all(-1)
+    assert same.float().mean() > 0.95  # bf16 matmuls in chunks may break near-ties differently
+    torch.testing.assert_close(b['teacher_tail_logprob'][same], r['teacher_tail_logprob'][same], atol=1e-5, rtol=0)
