@@ -58,7 +58,7 @@ def cat_targets(recs):
 def write_variant(path, tokens, targets, meta, block=64):
     "A cache laid out by create_cache_datasets from exact targets, with `meta`'s codec and value width."
     n = tokens['input_ids'].shape[0]
-    with h5py.File(path, 'w') as f:
+    with h5py.File(path, 'w', libver=kc.LIBVER) as f:  # as the generator writes them
         create_cache_datasets(f, n, meta)
         for a in range(0, n, block):
             b = min(a + block, n)
@@ -72,9 +72,9 @@ def variant_meta(meta, codec, bits):
     return dict(meta, codec=codec, quant_bits=bits, quant_d0=d0, quant_dmax=dmax)
 
 def baseline_fp16_uint16(path, tokens, targets):
-    "Context: fp16 log-probs + uint16 ids in probability order + fp32 tail, gzip-4 + shuffle, one chunk per sequence."
-    kw = dict(compression='gzip', compression_opts=4, shuffle=True)
-    with h5py.File(path, 'w') as f:
+    "Context: fp16 log-probs + uint16 ids in probability order + fp32 tail, gzip-9 + shuffle, one chunk per sequence."
+    kw = dict(compression='gzip', compression_opts=9, shuffle=True)
+    with h5py.File(path, 'w', libver=kc.LIBVER) as f:
         for key, v in [('input_ids', tokens['input_ids'].astype(np.uint16)), ('attention_mask', tokens['attention_mask'].astype(np.uint8)),
                        ('labels', tokens['labels'].astype(np.int32)), ('ids', targets['teacher_ids'].numpy().astype(np.uint16)),
                        ('logprobs', targets['teacher_logprobs'].numpy().astype(np.float16)), ('tail', targets['teacher_tail_logprob'].numpy())]:
