@@ -12,7 +12,7 @@ the cache), the forward and backward passes, the optimizer step and logging. Two
 wall time. Sides run in alternating rounds so that load hits them alike; each figure is the median over the steps
 after warm-up. Target: cached / ce <= 1.15 in CPU time. Writes bench/results/trainer.json.
 
-    python bench/bench_trainer.py                    # 2 rounds x 12 steps per side
+    python bench/bench_trainer.py                    # 6 rounds x 5 steps per side (3 measured)
     python bench/bench_trainer.py --rounds 1 --steps 6   # a quick look
 """
 import argparse, copy, json, os, statistics, sys, tempfile, time
@@ -70,8 +70,8 @@ def breakdown(student, cache, batch, V) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--rounds', type=int, default=2)
-    p.add_argument('--steps', type=int, default=12, help='optimizer steps per side per round')
+    p.add_argument('--rounds', type=int, default=6)
+    p.add_argument('--steps', type=int, default=5, help='optimizer steps per side per round')
     p.add_argument('--warmup', type=int, default=2, help='steps dropped at the start of each round')
     p.add_argument('--batch', type=int, default=16)
     p.add_argument('--seq_len', type=int, default=128)
