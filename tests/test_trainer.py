@@ -249,3 +249,11 @@ def test_epoch_stage_and_manual_update_stage(setup, tmp_path):
     tr.train()
     last = [e for e in tr.state.log_history if 'loss' in e]
     assert [e['step'] for e in last] == [1, 2] and all(e['loss'] == pytest.approx(e['kd_loss'], rel=1e-5) for e in last)
+
+def test_stage_last_step_is_logged(setup, tmp_path):
+    "With logging_steps=2, stages of 3 and 2 steps log steps 2, 3 (end of stage 1), 4, 5; each entry averages its own interval."
+    tr = DistillationTrainer(llama(setup['V'], 1, 1), targs(tmp_path, logging_steps=2, max_steps=-1, alpha=0.4), train_dataset=setup['k16'])
+    h = run_stages(tr, [Stage('a', max_steps=3), Stage('b', max_steps=2)])
+    logs = [e for e in h if 'loss' in e]
+    assert [(e['step'], e['stage']) for e in logs] == [(2, 'a'), (3, 'a'), (4, 'b'), (5, 'b')]
+    assert all(math.isclose(e['loss'], 0.6 * e['ce_loss'] + 0.4 * e['kd_loss'], rel_tol=1e-5) for e in logs)
