@@ -222,8 +222,11 @@ def test_cache_from_another_tokenizer_is_refused(setup, tmp_path):
 def test_narrow_student_and_missing_teacher_are_refused(setup, tmp_path):
     with pytest.raises(CacheError, match='narrower'):
         DistillationTrainer(llama(setup['V'] - 10, 1, 1), targs(tmp_path), train_dataset=setup['k16'])
-    with pytest.raises(ValueError, match='no teacher'):
+    with pytest.raises(ValueError, match='no teacher: train_dataset'):
         DistillationTrainer(llama(setup['V'], 1, 1), targs(tmp_path), train_dataset=setup['ds'])
+    with pytest.raises(ValueError, match='no teacher: eval_dataset'):
+        DistillationTrainer(llama(setup['V'], 1, 1), targs(tmp_path), train_dataset=setup['k16'], eval_dataset={'a': setup['k16'], 'b': setup['ds']})
+    DistillationTrainer(llama(setup['V'], 1, 1), targs(tmp_path), train_dataset=setup['k16'], eval_dataset=setup['ds'], teacher_model=setup['teacher'])
     with pytest.raises(TypeError, match='DistillationTrainingArguments'):
         from transformers import TrainingArguments
         DistillationTrainer(llama(setup['V'], 1, 1), TrainingArguments(output_dir=str(tmp_path), use_cpu=True), train_dataset=setup['k16'])
