@@ -298,7 +298,7 @@ class TeacherLogitsGenerator:
                  codec:str='gzip', # 'gzip' (default, any HDF5 reader), 'lzf', 'zstd' (hdf5plugin, smallest), 'none'
                  value_bits:int=7, # bits per quantised log-prob: 8, 7 or 6 (see VALUE_PRESETS)
                  segment_size:int=64, # sequences per crash-safe segment (the most a kill can lose)
-                 chunk_size:int|None=32, # positions whose logits exist at once (small chunks stay in cache: ~2x faster than 1,000)
+                 chunk_size:int|None=256, # positions whose logits exist at once (fp32 work runs in sub-chunks of 32 rows, which stay in cache)
                  progress:bool=True, # show a tqdm bar with tokens/s
                 ):
         if mode not in ('topk', 'sample'): raise ValueError(f"mode={mode!r}; use 'topk' or 'sample'")
@@ -358,10 +358,10 @@ class TeacherLogitsGenerator:
         from kdkit.losses import topk_targets, sample_targets
         rows = {}
         for i, c0, z in self._logit_chunks(x, m):
-            if self.mode == 'topk': t = topk_targets(z, self.k, self.temperatures)
+            if self.mode == 'topk': t = topk_targets(z, self.k, self.temperatures, chunk_size=32)  # 32 rows: ~2x faster than 1,000
             else:  # one generator per (sequence, chunk): draws do not depend on batching, ranks or resumes
                 g = torch.Generator(device=z.device).manual_seed(sample_seed(self.seed, start + i, c0))
-                t = sample_targets(z, self.n_samples, self.temperatures[0], g)
+                t = sample_targets(z, self.n_samples, self.temperatures[0], g, chunk_size=32)
             rows.setdefault(i, []).append(encode_targets(t, self._meta))
         seqs = [{key: np.concatenate([q[key] for q in rows[i]], 1) for key in rows[i][0]} for i in sorted(rows)]
         return {key: np.concatenate([q[key] for q in seqs]) for key in seqs[0]}
