@@ -260,3 +260,14 @@ def test_stage_last_step_is_logged(setup, tmp_path):
     logs = [e for e in h if 'loss' in e]
     assert [(e['step'], e['stage']) for e in logs] == [(2, 'a'), (3, 'a'), (4, 'b'), (5, 'b')]
     assert all(math.isclose(e['loss'], 0.6 * e['ce_loss'] + 0.4 * e['kd_loss'], rel_tol=1e-5) for e in logs)
+
+def test_sampled_cache_trains_and_evaluates(setup, tmp_path):
+    "A sample-mode cache (ids + counts) goes through the same trainer: finite losses, top-1 from the most-sampled id."
+    p = TeacherLogitsGenerator(setup['teacher'], setup['tok'], mode='sample', n_samples=8, progress=False).generate(setup['ds'], tmp_path / 's.h5')
+    cache = CachedLogitsDataset(p)
+    tr = DistillationTrainer(llama(setup['V'], 1, 1), targs(tmp_path, loss_chunk_size=32), train_dataset=cache, eval_dataset=cache)
+    tr.train()
+    ev = tr.evaluate()
+    assert all(math.isfinite(e['loss']) for e in tr.state.log_history if 'loss' in e) and 0 <= ev['eval_top1_agreement'] <= 1
+    with pytest.raises(CacheError, match='capture temperature'):
+        DistillationTrainer(llama(setup['V'], 1, 1), targs(tmp_path, temperature=2.0), train_dataset=cache)
