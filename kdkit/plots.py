@@ -10,7 +10,7 @@ __all__ = ['LOSS_KEYS', 'EVAL_KEYS', 'COLORS', 'DPI', 'synthetic_log_history', '
            'progress_line', 'LiveDashboard']
 
 # %% ../nbs/05_plots.ipynb #54543f6f
-import html, math, numbers, time
+import html, io, math, numbers, time
 from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
@@ -215,14 +215,15 @@ class LiveDashboard(TrainerCallback):
                  enabled:bool=None, # None: only inside a Jupyter kernel; True builds the figures anywhere (headless)
                  min_interval:float=2.0, # seconds between redraws at least (the end of training always redraws)
                  max_overhead:float=0.1, # and at most this share of wall time spent drawing
+                 widgets:bool=False, # draw into an ipywidgets Output (interactive Jupyter; not under papermill)
                 ):
-        self.interactive = in_notebook()  # widgets are shown only in a kernel
+        self.interactive = in_notebook()  # outputs are shown only in a kernel
         self.enabled = self.interactive if enabled is None else bool(enabled)
         if not 0 < max_overhead <= 1: raise ValueError(f"max_overhead must be in (0, 1], got {max_overhead!r}")
         self.min_interval, self.max_overhead, self.next_draw = min_interval, max_overhead, -math.inf
-        self.widget, self.figures, self.progress = None, {}, ''
+        self.use_widgets, self.widget, self.handles, self.figures, self.progress = widgets, None, None, {}, ''
 
-    def _show(self):
+    def _show_widgets(self):
         "Create the widgets (once) and display them."
         import ipywidgets as widgets
         from IPython.display import display
@@ -230,18 +231,35 @@ class LiveDashboard(TrainerCallback):
         self.widget = widgets.VBox([self._line, self._out])
         display(self.widget)
 
+    def _frames(self):
+        "The progress line and each figure as display objects (PNG images, no formatter needed)."
+        from IPython.display import HTML, Image
+        out = [HTML(f"<code>{html.escape(self.progress)}</code>")]
+        for f in self.figures.values():
+            buf = io.BytesIO(); f.savefig(buf, format='png', dpi=DPI); out.append(Image(data=buf.getvalue()))
+        return out
+
+    def _update_displays(self):
+        "Show the frames in display outputs created on the first draw and updated in place afterwards."
+        from IPython.display import display
+        frames = self._frames()
+        if self.handles is None: self.handles = [display(x, display_id=True) for x in frames]
+        else:
+            for h, x in zip(self.handles, frames): h.update(x)
+
     def redraw(self, state):
-        "Rebuild the figures and progress line from `state`, and show them in the widgets when in a notebook."
+        "Rebuild the figures and progress line from `state`, and show them when in a notebook."
         t0 = time.monotonic()
         self.progress = progress_line(state)
         self.figures = {'loss': plot_losses(state.log_history), 'lr_groups': plot_lr_groups(state.log_history)}
-        if self.interactive:
+        if self.interactive and self.use_widgets:
             from IPython.display import display, clear_output
-            if self.widget is None: self._show()
+            if self.widget is None: self._show_widgets()
             self._line.value = f"<code>{html.escape(self.progress)}</code>"
             with self._out:
                 clear_output(wait=True)
                 for f in self.figures.values(): display(f)
+        elif self.interactive: self._update_displays()
         t1 = time.monotonic()  # drawing took t1 - t0: wait long enough that it stays a small share of the run
         self.next_draw = t1 + max(self.min_interval, (t1 - t0) * (1 / self.max_overhead - 1))
 

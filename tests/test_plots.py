@@ -139,7 +139,7 @@ def test_dashboard_widget_path(monkeypatch):
     monkeypatch.setattr(IPython.display, 'display', lambda *a, **k: shown.extend(a))
     monkeypatch.setattr(IPython.display, 'clear_output', lambda *a, **k: None)
     h = synthetic_log_history()
-    dash = LiveDashboard(min_interval=0, max_overhead=1.0)
+    dash = LiveDashboard(min_interval=0, max_overhead=1.0, widgets=True)
     assert dash.enabled
     dash.on_log(None, fake_state(h[:5], step=5), None); w = dash.widget
     dash.on_log(None, fake_state(h, step=80), None)
@@ -147,6 +147,23 @@ def test_dashboard_widget_path(monkeypatch):
     assert '<code>step 80/80 | stage all' in dash._line.value
     assert shown[0] is w and sum(1 for s in shown if s is w) == 1  # the widget is displayed once, figures each time
     assert sum(1 for s in shown if type(s).__name__ == 'Figure') == 4
+
+def test_dashboard_display_path(monkeypatch):
+    """By default, in a kernel, the dashboard displays the progress line and two PNGs once, then updates them in place."""
+    import IPython.display
+    shown, updated = [], []
+    class Handle:
+        def update(self, x): updated.append(x)
+    monkeypatch.setattr(plots, 'in_notebook', lambda: True)
+    monkeypatch.setattr(IPython.display, 'display', lambda x, **k: (shown.append((x, k)), Handle())[1])
+    h = synthetic_log_history()
+    dash = LiveDashboard(min_interval=0, max_overhead=1.0)
+    dash.on_log(None, fake_state(h[:5], step=5), None)
+    dash.on_log(None, fake_state(h, step=80), None)
+    assert [type(x).__name__ for x, _ in shown] == ['HTML', 'Image', 'Image'] and all(k == {'display_id': True} for _, k in shown)
+    assert [type(x).__name__ for x in updated] == ['HTML', 'Image', 'Image']
+    assert 'step 80/80 | stage all' in updated[0].data and updated[1].data[:4] == b'\x89PNG'
+    assert dash.widget is None
 
 def test_dashboard_in_trainer_run(tmp_path):
     """A real (tiny) Trainer run with the dashboard forced on: it sees every logged step."""
@@ -166,7 +183,7 @@ def test_dashboard_in_trainer_run(tmp_path):
     assert dash.progress.startswith('step 4/4')
 
 def test_dashboard_in_a_real_kernel():
-    """Inside a Jupyter kernel (as in Jupyter or papermill) the dashboard turns itself on and shows a widget."""
+    """Inside a Jupyter kernel (as in Jupyter or papermill) the dashboard turns itself on and shows its plots."""
     nbformat = pytest.importorskip('nbformat'); nbclient = pytest.importorskip('nbclient')
     src = ("from types import SimpleNamespace\nfrom kdkit.plots import LiveDashboard, in_notebook, synthetic_log_history\n"
            "h = synthetic_log_history()\nd = LiveDashboard(min_interval=0)\n"
@@ -178,4 +195,4 @@ def test_dashboard_in_a_real_kernel():
     outs = nb.cells[0].outputs
     text = ''.join(o.get('text', '') for o in outs if o.output_type == 'stream')
     assert 'True True step 80/80' in text
-    assert any('application/vnd.jupyter.widget-view+json' in o.get('data', {}) for o in outs)
+    assert sum('image/png' in o.get('data', {}) for o in outs) == 2

@@ -5,10 +5,10 @@ import nbformat, papermill as pm, pytest
 from kdkit.cli import find_recipe, main, recipe_config, run_recipe
 
 TINY_STAGES = [
-    {"name": "bridge", "max_steps": 4, "learning_rate": 3e-3, "alpha": 0.5, "temperature": 1.0, "warmup_steps": 1,
+    {"name": "bridge", "max_steps": 4, "learning_rate": 3e-3, "alpha": 0.5, "temperature": 1.0, "warmup_steps": 0,
      "lr_rules": [{"pattern": "embed_tokens|lm_head", "lr_multiplier": 0.0, "name": "embeddings"},
                   {"pattern": r"layers\.", "lr_multiplier": 1.0, "name": "layers"}]},
-    {"name": "polish", "max_steps": 4, "learning_rate": 1e-3, "alpha": 0.5, "temperature": 1.0, "warmup_steps": 1,
+    {"name": "polish", "max_steps": 4, "learning_rate": 1e-3, "alpha": 0.5, "temperature": 1.0, "warmup_steps": 0,
      "lr_rules": [{"pattern": "embed_tokens|lm_head", "lr_multiplier": 0.5, "name": "embeddings"},
                   {"pattern": r"layers\.", "lr_multiplier": 1.0, "name": "layers"}]},
 ]
