@@ -64,10 +64,25 @@ def topk_targets(teacher_logits:torch.Tensor, # [B,S,V] teacher logits, any floa
     for r0 in range(0, N, step):
         r = slice(r0, min(r0 + step, N))
         l = z[r].to(cd, copy=True)                                         # [C,V] fp32 copy
-        l -= l.logsumexp(-1, keepdim=True)                                 # T=1 log-probs
-        lp[r], ids[r] = l.topk(k, dim=-1)                                  # [C,k]
-        if k < V: tail[r] = l.scatter(-1, ids[r], float('-inf')).logsumexp(-1).clamp(max=0.)  # exact LSE over ids not kept
-        for j, T in enumerate(temps.tolist()): lse[r, j] = (l / T).logsumexp(-1)
+        l -= l.amax(-1, keepdim=True)                                      # [C,V] l - max: <= 0, same order as log-probs
+        h, ids[r] = l.topk(k, dim=-1)                                      # [C,k]
+        for j, T in enumerate(temps.tolist()):                             # A_T = LSE(l/T) - LSE(l)/T (fixed below); 0 at T=1
+            if T != 1.0: lse[r, j] = (l / T).logsumexp(-1)
+        e = l.exp_()                                                       # [C,V] the one full exp pass (in place)
+        eh = e.gather(-1, ids[r]).sum(-1, dtype=torch.float64)             # [C] head mass (unnormalised, fp64)
+        et = e.scatter_(-1, ids[r], 0.).sum(-1, dtype=torch.float64) if k < V else torch.zeros_like(eh)  # [C] tail mass
+        logZ = (eh + et).log()                                             # [C] LSE(l) in fp64 (>= 0: the max term is 1)
+        lp[r] = (h.double() - logZ[:, None]).to(cd)
+        if k < V:
+            tr = (et.log() - logZ).clamp(max=0.).to(cd)                    # [C] exact: no head subtracted, summed in fp64
+            tiny = et < 1e-30                                              # fp32 exp may underflow there: exact LSE instead
+            if bool(tiny.any()):
+                lt = z[r][tiny].to(cd).scatter_(-1, ids[r][tiny], float('-inf'))  # [c,V] raw logits outside the head
+                lt = lt.logsumexp(-1).double() - z[r][tiny].to(cd).amax(-1).double()  # [c] LSE over the tail, relative to the max
+                tr[tiny] = (lt - logZ[tiny]).clamp(max=0.).to(cd)
+            tail[r] = tr
+        for j, T in enumerate(temps.tolist()):
+            lse[r, j] = 0. if T == 1.0 else (lse[r, j].double() - logZ / T).to(cd)
     return dict(teacher_ids=ids.view(B, S, k), teacher_logprobs=lp.view(B, S, k),
                 teacher_tail_logprob=tail.view(B, S), teacher_lse=lse.view(B, S, len(temps)),
                 teacher_temperatures=temps.to(dev))
@@ -125,6 +140,7 @@ def _check_ids(ids, valid, V):
         raise ValueError(f'teacher_ids holds {int(bad.sum())} id(s) outside [0, vocab_size={V}) (e.g. {int(ids[bad][0])}): '
                          'the teacher and student must share the tokenizer, and vocab_size must be its true size')
     k = ids.shape[-1]
+    if k < 2 or bool((ids[..., 1:] > ids[..., :-1]).all()) and bool(valid.all()): return  # strictly increasing (the cache's order): distinct
     srt = torch.where(valid, ids, -1 - torch.arange(k, device=ids.device)).sort(-1).values  # empty slots get distinct negatives
     dup = (srt[..., 1:] == srt[..., :-1]).any(-1)
     if bool(dup.any()):
