@@ -184,8 +184,44 @@ def _teacher_rows(targets, rows, temperature, tail, V, cd):
     return ids, valid, a - logP[:, None], a_R - logP
 
 # %% ../nbs/02_losses.ipynb #4351d24f
-def _chunk_loss(z, y, ids, valid, a, a_R, T, alpha, need_grad, own=False):
+def _chunk_loss_t1(z, y, ids, valid, a, a_R, alpha, need_grad):
+    "`_chunk_loss` at T=1 with one exp pass and one fused scatter; rows whose off-S mass underflows go to the general path."
+    cd = _compute_dtype(z.dtype)
+    a, a_R = a.to(cd), a_R.to(cd)
+    ids0 = torch.where(valid, ids, 0)                                        # [C,k] safe gather index
+    anyv = valid.any(-1, keepdim=True)                                       # [C,1]
+    rep = torch.where(valid, ids0, ids0.gather(-1, valid.to(torch.uint8).argmax(-1, keepdim=True)))  # [C,k] empty slots -> a stored id
+    zf = z.to(cd)                                                            # [C,V] (z itself is never written)
+    m = zf.amax(-1, keepdim=True)                                            # [C,1]
+    e = zf - m                                                               # [C,V] new buffer
+    zy = e.gather(-1, y[:, None])[:, 0]                                      # [C] z_y - m
+    sS = e.gather(-1, ids0)                                                  # [C,k] z_S - m
+    e = e.exp_()                                                             # [C,V] exp(z - m)
+    eS = e.gather(-1, rep)                                                   # [C,k]
+    e.scatter_(-1, rep, torch.where(anyv, 0., eS))                           # [C,V] exp(z - m) off S (0 on S)
+    Zoff = e.sum(-1)                                                         # [C] sum off S
+    Zall = Zoff + torch.where(valid, eS, 0.).sum(-1)                          # [C] sum over V
+    L1, LR = Zall.log(), Zoff.log()                                          # [C] LSE_V(z) - m, LSE_{not S}(z) - m
+    pS, pR = a.exp(), a_R.exp()                                              # [C,k], [C]
+    ce = L1 - zy
+    kd = torch.where(valid, pS * (a - sS + L1[:, None]), 0.).sum(-1) + torch.where(pR > 0, pR * (a_R - LR + L1), 0.)  # [C]
+    g = None
+    if need_grad:
+        c1 = ((1 - alpha) + alpha * (pS.sum(-1) + pR)) / Zall                # [C] coefficient of exp(z - m) on q
+        c2 = torch.where(pR > 0, -alpha * pR / Zoff, 0.)                     # [C] -alpha*p_R*r_j off S
+        g = e.mul_((c1 + c2)[:, None])                                       # [C,V] off S done; 0 on S
+        vals = torch.cat([torch.where(valid, eS * c1[:, None] - alpha * pS, 0.), torch.full_like(ce[:, None], -(1 - alpha))], -1)
+        g.scatter_add_(-1, torch.cat([ids0, y[:, None]], -1), vals)          # S: q_j*c1 - alpha*p_j; CE: -[j = y]
+    bad = (pR > 0) & ~(Zoff > 1e-30)                                         # off-S mass underflows fp32: exact general path
+    if bool(bad.any()):
+        ce2, kd2, g2 = _chunk_loss(z[bad], y[bad], ids[bad], valid[bad], a[bad], a_R[bad], 1.0, alpha, need_grad, t1=False)
+        ce[bad], kd[bad] = ce2, kd2
+        if need_grad: g[bad] = g2
+    return ce, kd, g
+
+def _chunk_loss(z, y, ids, valid, a, a_R, T, alpha, need_grad, own=False, t1=True):
     "Row CE [C], KD [C] and d(row loss)/dz [C,V] (or None) for logits z [C,V] of scored rows."
+    if T == 1.0 and t1: return _chunk_loss_t1(z, y, ids, valid, a, a_R, alpha, need_grad)
     cd = _compute_dtype(z.dtype)
     ninf = float('-inf')
     zf = z if (own and z.dtype == cd) else z.to(cd, copy=True)               # [C,V] fp32 (ours to overwrite)
