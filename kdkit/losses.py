@@ -60,21 +60,22 @@ def topk_targets(teacher_logits:torch.Tensor, # [B,S,V] teacher logits, any floa
     lp = torch.empty(N, k, dtype=cd, device=dev)                          # [N,k]
     tail = torch.full((N,), float('-inf'), dtype=cd, device=dev)          # [N]
     lse = torch.empty(N, len(temps), dtype=cd, device=dev)                # [N,nT]
-    step = _default_rows(V, chunk_size)
+    step = min(_default_rows(V, chunk_size), max(N, 1))
+    buf = torch.empty(step, V, dtype=cd, device=dev)                      # [C,V] one work buffer for every chunk
     for r0 in range(0, N, step):
         r = slice(r0, min(r0 + step, N))
-        l = z[r].to(cd, copy=True)                                         # [C,V] fp32 copy
-        l -= l.amax(-1, keepdim=True)                                      # [C,V] l - max: <= 0, same order as log-probs
+        zr = z[r].to(cd)                                                   # [C,V] fp32 (a view when already fp32)
+        l = torch.sub(zr, zr.amax(-1, keepdim=True), out=buf[:zr.shape[0]])  # [C,V] l - max <= 0 (same order as log-probs)
         h, ids[r] = l.topk(k, dim=-1)                                      # [C,k]
         for j, T in enumerate(temps.tolist()):                             # A_T = LSE(l/T) - LSE(l)/T (fixed below); 0 at T=1
             if T != 1.0: lse[r, j] = (l / T).logsumexp(-1)
         e = l.exp_()                                                       # [C,V] the one full exp pass (in place)
         eh = e.gather(-1, ids[r]).sum(-1, dtype=torch.float64)             # [C] head mass (unnormalised, fp64)
-        et = e.scatter_(-1, ids[r], 0.).sum(-1, dtype=torch.float64) if k < V else torch.zeros_like(eh)  # [C] tail mass
+        et = e.scatter_(-1, ids[r], 0.).sum(-1).double() if k < V else torch.zeros_like(eh)  # [C] tail mass (fp32 sum: no cancellation)
         logZ = (eh + et).log()                                             # [C] LSE(l) in fp64 (>= 0: the max term is 1)
         lp[r] = (h.double() - logZ[:, None]).to(cd)
         if k < V:
-            tr = (et.log() - logZ).clamp(max=0.).to(cd)                    # [C] exact: no head subtracted, summed in fp64
+            tr = (et.log() - logZ).clamp(max=0.).to(cd)                    # [C] exact: the tail summed directly, no head subtracted
             tiny = et < 1e-30                                              # fp32 exp may underflow there: exact LSE instead
             if bool(tiny.any()):
                 lt = z[r][tiny].to(cd).scatter_(-1, ids[r][tiny], float('-inf'))  # [c,V] raw logits outside the head
