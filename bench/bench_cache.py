@@ -276,26 +276,32 @@ def part_reader(a, work):
     train, _ = demo_datasets(seq_len=128, tokenizer=tok)
     p = TeacherLogitsGenerator(teacher, tok, k=64, batch_size=16, progress=False).generate(train, fresh(work / 'demo.h5'))
 
-    def reader_tps(path, epochs):
-        ds = CachedLogitsDataset(path)
-        dl = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True, num_workers=2, collate_fn=ds.collate,
-                                         persistent_workers=True, prefetch_factor=4)
-        it = iter(dl); next(it)  # workers started
-        n, t0 = 0, time.perf_counter()
-        for e in range(epochs):
-            for b in (it if e == 0 else dl): n += b['input_ids'].numel()
-        return n / (time.perf_counter() - t0)
+    def reader_tps(path, seconds=3.0, runs=3):
+        "Median over `runs` fresh DataLoaders of the tokens/s each delivers in whole epochs over `seconds`."
+        out = []
+        for _ in range(runs):
+            ds = CachedLogitsDataset(path)
+            dl = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True, num_workers=2, collate_fn=ds.collate,
+                                             persistent_workers=True, prefetch_factor=4)
+            it = iter(dl); next(it)  # workers started
+            n, t0, first = 0, time.perf_counter(), True
+            while first or time.perf_counter() - t0 < seconds:
+                for b in (it if first else dl): n += b['input_ids'].numel()
+                first = False
+            out.append(n / (time.perf_counter() - t0))
+            del it, dl
+        return statistics.median(out)
 
-    r_demo = reader_tps(p, 4)
-    fig('reader tokens/s, demo cache (k=64), DataLoader 2 workers', r_demo, 'tokens/s')
+    r_demo = reader_tps(p)
+    fig('reader tokens/s, demo cache (k=64), DataLoader 2 workers (median of 3)', r_demo, 'tokens/s')
     if (work / 'reader_smollm2.h5').exists():
-        fig('reader tokens/s, SmolLM2 cache (k=64, V=49152), DataLoader 2 workers', reader_tps(work / 'reader_smollm2.h5', 2), 'tokens/s')
+        fig('reader tokens/s, SmolLM2 cache (k=64, V=49152), DataLoader 2 workers (median of 3)', reader_tps(work / 'reader_smollm2.h5'), 'tokens/s')
 
     torch.set_num_threads(a.train_threads)
     student = load_student_model(teacher, drop='every_other').train()
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
     ds = CachedLogitsDataset(p)
-    batches = [ds.collate(ds.__getitems__(list(range(i, i + 16)))) for i in range(0, 16 * 12, 16)]
+    batches = [ds.collate(ds.__getitems__(list(range(i, i + 16)))) for i in range(0, 16 * 16, 16)]
     times = []
     for j, b in enumerate(batches):
         t0 = time.perf_counter()
