@@ -65,8 +65,9 @@ def topk_targets(teacher_logits:torch.Tensor, # [B,S,V] teacher logits, any floa
     for r0 in range(0, N, step):
         r = slice(r0, min(r0 + step, N))
         zr = z[r].to(cd)                                                   # [C,V] fp32 (a view when already fp32)
-        l = torch.sub(zr, zr.amax(-1, keepdim=True), out=buf[:zr.shape[0]])  # [C,V] l - max <= 0 (same order as log-probs)
-        h, ids[r] = l.topk(k, dim=-1)                                      # [C,k]
+        h, ids[r] = zr.topk(k, dim=-1)                                     # [C,k] sorted: h[:, 0] is the row's max
+        l = torch.sub(zr, h[:, :1], out=buf[:zr.shape[0]])                 # [C,V] l - max <= 0 (same order as log-probs)
+        h = h - h[:, :1]                                                   # [C,k] the same differences, for the head
         for j, T in enumerate(temps.tolist()):                             # A_T = LSE(l/T) - LSE(l)/T (fixed below); 0 at T=1
             if T != 1.0: lse[r, j] = (l / T).logsumexp(-1)
         e = l.exp_()                                                       # [C,V] the one full exp pass (in place)
