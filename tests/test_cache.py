@@ -228,6 +228,17 @@ def test_shards_read_as_one_dataset(tmp_path, ref):
     x, y = one.read(idx), two.read(idx)
     for k in x: assert torch.equal(x[k], y[k]), k
 
+def test_chunking_does_not_change_the_cache(tmp_path, ref):
+    "Chunks of whole sequences (the default), one sequence, or parts of one give the same targets."
+    full = CachedLogitsDataset(ref).read(np.arange(W.N))
+    for cs in (W.S, 7):
+        p = W.make_generator(chunk_size=cs).generate(W.toy_data(), tmp_path / f'c{cs}.h5')
+        got = CachedLogitsDataset(p).read(np.arange(W.N))
+        assert torch.equal(got['teacher_ids'], full['teacher_ids']), cs
+        torch.testing.assert_close(got['teacher_logprobs'], full['teacher_logprobs'], atol=1e-4, rtol=0)
+        torch.testing.assert_close(got['teacher_tail_logprob'], full['teacher_tail_logprob'], atol=1e-5, rtol=0)
+        torch.testing.assert_close(got['teacher_lse'], full['teacher_lse'], atol=1e-5, rtol=0)
+
 # ---------------------------------------------------------------- reading
 def test_dataloader_two_workers(ref):
     ds = CachedLogitsDataset(ref)
