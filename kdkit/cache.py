@@ -106,8 +106,8 @@ def dequantise_logprobs(codes:np.ndarray, # [..., k] uint8 codes
         lim = bound[codes.max(-1)]                                         # the row's largest bound
         corr = np.where(np.isfinite(corr) & (target > 0) & (p_rest > 0), np.clip(corr, -lim, lim), 0.)
     out = np.take(neg_d, codes, mode='clip', out=out)                      # [...,k] float32 -d (codes never exceed the table)
-    out += (top1 + corr).astype(np.float32)[..., None]
-    np.copyto(out, top1.astype(np.float32)[..., None], where=codes == 0)  # the top-1 (and exact ties) stay exact
+    out += top1.astype(np.float32)[..., None]                              # exact where d = 0: the top-1 (and exact ties)
+    np.add(out, corr.astype(np.float32)[..., None], out=out, where=codes > 0)  # the rest get the mass correction
     return out
 
 # %% ../nbs/01_cache.ipynb #c0a1b2d8
@@ -605,10 +605,9 @@ class SequenceReader:
             return np.stack([self.dset[int(i)] for i in rows]) if len(rows) else np.empty((0, *self.shape), self.dtype)
         # Inflate each stored chunk from the map and un-shuffle the batch with a few numpy steps: h5py's dset[i]
         # costs ~40 us of selection work per call and read_direct_chunk ~7 us, more than inflating a small chunk.
-        raw = np.empty((len(rows), math.prod(self.shape) * self.dtype.itemsize), np.uint8)
-        for j, (o, n) in enumerate(zip(self.offsets[rows].tolist(), self.sizes[rows].tolist())):
-            chunk = self._view[o:o + n]
-            raw[j] = np.frombuffer(_inflate(chunk) if _DEFLATE in self.filters else chunk, np.uint8)
+        chunks = [self._view[o:o + n] for o, n in zip(self.offsets[rows].tolist(), self.sizes[rows].tolist())]
+        data = b''.join([_inflate(c) for c in chunks] if _DEFLATE in self.filters else chunks)
+        raw = np.frombuffer(data, np.uint8).reshape(len(rows), math.prod(self.shape) * self.dtype.itemsize)
         if _SHUFFLE in self.filters and self.dtype.itemsize > 1: raw = unshuffle(raw, self.dtype.itemsize)
         return raw.view(self.dtype).reshape(len(rows), *self.shape)
 
