@@ -9,9 +9,10 @@ Parts (run all, or some with --parts; figures of parts not run are kept from the
              layer-pruned student, teacher + noise at 0.30 nats and at ~0.03 nats. Signed mean and mean per-token |diff|,
              relative to the exact mean. Target: |signed| <= 0.5% (0.30 nats and pruned student).
   overhead   TeacherLogitsGenerator.generate time / bare teacher forwards (same batches, process, dtype, threads),
-             median of 5 interleaved runs. Target <= 1.15x.
+             median of the ratios of 5 paired runs (bare and generate back to back). Target <= 1.15x.
   reader     tokens/s from CachedLogitsDataset through a DataLoader (2 workers, batch 16 x 128, shuffled) vs tokens/s the
-             demo student trains at (batch 16 x 128, forward + distillation_loss + backward + AdamW). Target >= 20x.
+             demo student trains at (batch 16 x 128, forward + distillation_loss + backward + AdamW), median of the
+             ratios of 3 paired runs. Target >= 20x.
 
     python bench/bench_cache.py                                  # everything (about 10-20 min on 2 CPU cores)
     python bench/bench_cache.py --parts overhead,reader          # some parts

@@ -6,7 +6,7 @@ Docs: https://kdkit.github.io/kdkit/cache.html.md"""
 
 # %% ../nbs/01_cache.ipynb #c0a1b2c6
 from __future__ import annotations
-import os, json, time, math, mmap, shutil, hashlib, contextlib
+import os, json, time, math, mmap, shutil, hashlib, functools, contextlib
 from pathlib import Path
 from typing import Sequence
 import numpy as np
@@ -83,12 +83,13 @@ def quant_error_bound(d:np.ndarray, bits:int=7, d0:float=0.25, dmax:float=25.0) 
     "Bound on |decoded - true| offset for offsets `d <= dmax` (before the mass correction)."
     return (np.asarray(d) + d0) * math.expm1(0.5 / _quant_scale(bits, d0, dmax))
 
+@functools.lru_cache(maxsize=16)
 def _decode_tables(bits, d0, dmax) -> tuple:
-    "Per-code lookup tables: offset d (float64), -d (float32), exp(-d) with code 0 zeroed (float32), error bound."
+    "Per-code lookup tables, made once per setting: -d (float32), exp(-d) with code 0 zeroed (float32), error bound."
     K = _quant_scale(bits, d0, dmax)
     table = d0 * np.expm1(np.arange(2**bits) / K)                          # code -> offset d
     w = np.exp(-table); w[0] = 0.                                           # code 0 (the top-1's offset) is never corrected
-    return table, (-table).astype(np.float32), w.astype(np.float32), quant_error_bound(table, bits, d0, dmax)
+    return (-table).astype(np.float32), w.astype(np.float32), quant_error_bound(table, bits, d0, dmax)
 
 def dequantise_logprobs(codes:np.ndarray, # [..., k] uint8 codes
                         top1:np.ndarray, # [...] exact top-1 log-probs
@@ -97,7 +98,7 @@ def dequantise_logprobs(codes:np.ndarray, # [..., k] uint8 codes
                         out:np.ndarray|None=None, # float32 [..., k] to write the log-probs into
                        ) -> np.ndarray:
     "Decoded float32 log-probs [..., k], rescaled so that head mass + p_R = 1."
-    _, neg_d, w, bound = _decode_tables(bits, d0, dmax)                    # lookups: no exp or log per entry
+    neg_d, w, bound = _decode_tables(bits, d0, dmax)                       # lookups: no exp or log per entry
     top1 = top1.astype(np.float64)
     with np.errstate(divide='ignore', invalid='ignore', over='ignore'):   # per-row sums and the correction in float64
         p_rest = np.take(w, codes, mode='clip').sum(-1) * np.exp(top1)     # [...] decoded mass of entries with code > 0
@@ -383,8 +384,8 @@ class TeacherLogitsGenerator:
         x, m = torch.as_tensor(x, device=p.device), torch.as_tensor(m, device=p.device)
         B, S = x.shape
         c = min(self.chunk_size or S, S)                                         # positions of a sequence per chunk
-        g = max(1, (self.chunk_size or S) // S)                                  # whole sequences per chunk (an lm_head of
-        head = _plain_lm_head(self.teacher)                                      # 128 rows is ~10% slower than one of 256+)
+        g = max(1, (self.chunk_size or S) // S)                                  # whole sequences per chunk (see above)
+        head = _plain_lm_head(self.teacher)
         if head is None:  # logits are not a plain linear map of the hidden states: use the model's own
             z = self.teacher(input_ids=x, attention_mask=m).logits[..., :self.V]  # [B,S,V] teacher dtype
             logits = lambda i, c0: z[i:i + g, c0:c0 + c]
@@ -590,10 +591,10 @@ class SequenceReader:
     "Reads whole sequences (one chunk each) of a cache dataset; gzip/shuffle chunks straight from a memory map."
     def __init__(self, dset:h5py.Dataset):
         self.dset, self.shape, self.dtype, self.filters = dset, dset.shape[1:], dset.dtype, chunk_filters(dset)
-        where = None
+        where = None  # stays None for lzf, zstd, big-endian or odd files: those go through HDF5's own pipeline
         if self.filters in _RAW_PIPELINES and self.dtype.byteorder != '>': where = chunk_locations(dset)
         self._map = None
-        if where is not None:  # lzf, zstd, big-endian or odd files: HDF5's own pipeline
+        if where is not None:
             self.offsets, self.sizes = where
             with open(dset.file.filename, 'rb') as fh: self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             self._view = memoryview(self._map)
@@ -674,9 +675,8 @@ class CachedLogitsDataset(Dataset):
         arrs = {}
         for name, parts in cols.items():
             if len(parts) == 1: arrs[name] = parts[0][1]; continue  # one shard: already in order
-            out = np.empty((len(idx), *parts[0][1].shape[1:]), parts[0][1].dtype)
-            for sel, block in parts: out[sel] = block
-            arrs[name] = out
+            arrs[name] = np.empty((len(idx), *parts[0][1].shape[1:]), parts[0][1].dtype)
+            for sel, block in parts: arrs[name][sel] = block
         S = self.metadata['seq_len']
         out = empty_batch({**{c: ((len(idx), S), torch.int64) for c in ('input_ids', 'attention_mask', 'labels')},
                            **target_specs(self.metadata, len(idx), self._temp_index)})
