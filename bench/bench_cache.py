@@ -96,7 +96,7 @@ def tokens_of(ds):
 
 # ------------------------------------------------------------------ size
 def part_size(a, work):
-    from kdkit.data import load_smollm2
+    from kdkit.models import load_smollm2
     print('== size: SmolLM2-135M, k=64, real English text', flush=True)
     model, tok = load_smollm2()
     blocks = smollm2_blocks(tok, a.seq_len)
@@ -171,7 +171,7 @@ def kd_per_token(student, targets):
     return head + tail
 
 def part_fidelity(a, work):
-    from kdkit.data import load_smollm2, load_student_model
+    from kdkit.models import load_smollm2, load_student_model
     print('== fidelity: held-out SmolLM2 tokens, KD from cache vs exact fp32 top-64', flush=True)
     model, tok = load_smollm2()
     blocks = smollm2_blocks(tok, a.seq_len)
@@ -236,7 +236,7 @@ def part_fidelity(a, work):
 
 # ------------------------------------------------------------------ writer overhead
 def part_overhead(a, work):
-    from kdkit.data import load_smollm2
+    from kdkit.models import load_smollm2
     print('== overhead: generate() vs bare forwards, SmolLM2, fp32', flush=True)
     model, tok = load_smollm2()
     ds = smollm2_blocks(tok, a.seq_len).select(range(a.overhead_seqs))
@@ -275,7 +275,8 @@ def part_overhead(a, work):
 
 # ------------------------------------------------------------------ reader
 def part_reader(a, work):
-    from kdkit.data import load_demo_teacher, demo_tokenizer, demo_datasets, load_student_model
+    from kdkit.data import demo_tokenizer, demo_datasets
+    from kdkit.models import load_demo_teacher, load_student_model
     print('== reader: DataLoader (2 workers) vs demo student training, batch 16 x 128', flush=True)
     tok = demo_tokenizer()
     try: teacher, demo_note = load_demo_teacher(), None

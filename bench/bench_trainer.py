@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.machine import machine
 from kdkit.cache import CachedLogitsDataset, TeacherLogitsGenerator
-from kdkit.data import demo_datasets, demo_tokenizer, load_demo_teacher, load_student_model
+from kdkit.data import demo_datasets, demo_tokenizer
+from kdkit.models import load_demo_teacher, load_student_model
 from kdkit.losses import distillation_loss
 from kdkit.trainer import DistillationTrainer, DistillationTrainingArguments, distillation_collate
 

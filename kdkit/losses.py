@@ -10,12 +10,10 @@ import math
 from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 # %% auto #0
-__all__ = ['DistillationLoss', 'topk_targets', 'sample_targets', 'distillation_loss', 'dense_distillation_loss',
-           'reconstruct_then_dense_loss', 'fused_distillation_loss', 'check_plain_lm_head', 'model_lm_head',
-           'model_hidden_states']
+__all__ = ['DistillationLoss', 'topk_targets', 'sample_targets', 'match_temperature', 'shift_labels', 'scored_rows',
+           'distillation_loss', 'dense_distillation_loss', 'reconstruct_then_dense_loss', 'fused_distillation_loss']
 
 # %% ../nbs/02_losses.ipynb #fe0fd4d3
 class DistillationLoss(NamedTuple):
@@ -125,15 +123,22 @@ def _log1mexp(x):
     x = x.clamp(max=0.)
     return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
+def match_temperature(temperatures, # the temperatures targets or a cache carry
+                      temperature:float, # the one asked for
+                     ) -> int|None:
+    "Index of `temperature` among `temperatures` (equal within 1e-6, relative), or None."
+    hit = [j for j, t in enumerate(temperatures) if abs(float(t) - temperature) <= 1e-6 * max(1., abs(float(t)))]
+    return hit[0] if hit else None
+
 def _temperature_index(targets, temperature, field='teacher_lse'):
     "Index of `temperature` in targets['teacher_temperatures'], or a ValueError naming what the targets have."
     temps = targets.get('teacher_temperatures')
     if temps is None: raise ValueError(f'temperature={temperature} needs `teacher_temperatures` and `{field}` in the targets')
     temps = torch.as_tensor(temps).reshape(-1, torch.as_tensor(temps).shape[-1])[0].tolist()  # 1-D (collate keeps one copy)
-    hit = [j for j, t in enumerate(temps) if abs(t - temperature) <= 1e-6 * max(1., abs(t))]
-    if not hit: raise ValueError(f'the teacher targets carry temperatures {temps}; temperature={temperature} is not among them '
+    j = match_temperature(temps, temperature)
+    if j is None: raise ValueError(f'the teacher targets carry temperatures {temps}; temperature={temperature} is not among them '
                                  f'(capture the cache with it, or train at one of these)')
-    return hit[0]
+    return j
 
 def _check_ids(ids, valid, V):
     "ValueError if a valid slot's id is outside [0, V) or repeats in its row."
@@ -155,7 +160,7 @@ def _teacher_rows(targets, rows, temperature, tail, V, cd):
     ids = targets['teacher_ids'].reshape(-1, targets['teacher_ids'].shape[-1])[rows].long()   # [n,k]
     if 'teacher_counts' in targets:                                        # sampled targets: p = c / n
         cap = float(torch.as_tensor(targets['teacher_temperatures']).reshape(-1)[0]) if 'teacher_temperatures' in targets else 1.0
-        if abs(cap - temperature) > 1e-6 * max(1., cap):
+        if match_temperature([cap], temperature) is None:
             raise ValueError(f'sampled targets were drawn at temperature {cap}; they train only at it (got temperature={temperature})')
         c = targets['teacher_counts'].reshape(-1, ids.shape[-1])[rows].to(cd)            # [n,k]
         valid = c > 0
@@ -261,10 +266,18 @@ class _Plan(NamedTuple):
     rows: torch.Tensor; y: torch.Tensor; ids: torch.Tensor; valid: torch.Tensor; a: torch.Tensor; a_R: torch.Tensor
     n_valid: int; denom: float; V: int
 
-def _shift_labels(labels):
+def shift_labels(labels:torch.Tensor, # [B,S] unshifted HF labels
+                ) -> torch.Tensor:
     "Shifted, flattened labels [B*S]: row t gets labels[t+1], the last row of each sequence -100."
     y = torch.full_like(labels, -100, dtype=torch.long); y[:, :-1] = labels[:, 1:]
     return y.reshape(-1)
+
+def scored_rows(labels:torch.Tensor, # [B,S] unshifted HF labels
+               ) -> tuple:
+    "(flat indices [n] of the rows that are scored, their targets [n]): row t is scored against labels[t+1]."
+    y = shift_labels(labels)
+    rows = (y != -100).nonzero()[:, 0]
+    return rows, y[rows]
 
 def _plan(shape, labels, targets, temperature, tail, vocab_size, num_items_in_batch, alpha, cd):
     "Shift and validate labels, pick the scored rows, prepare their teacher outcomes."
@@ -278,7 +291,7 @@ def _plan(shape, labels, targets, temperature, tail, vocab_size, num_items_in_ba
         if f in targets and tuple(targets[f].shape[:2]) != (B, S):
             raise ValueError(f'targets[{f!r}] has shape {tuple(targets[f].shape)}; it must start with [B, S] = {(B, S)}')
     if 'teacher_ids' not in targets: raise ValueError('targets need `teacher_ids` (see kdkit.losses.topk_targets)')
-    y = _shift_labels(labels)                                                # [N] row t is scored against labels[t+1]
+    y = shift_labels(labels)                                                # [N] row t is scored against labels[t+1]
     bad = (y != -100) & ((y < 0) | (y >= V))
     if bool(bad.any()): raise ValueError(f'labels hold {int(bad.sum())} value(s) outside [0, vocab_size={V}) other than -100 (e.g. {int(y[bad][0])})')
     rows = (y != -100).nonzero()[:, 0]                                       # [n] scored rows
@@ -402,7 +415,7 @@ def reconstruct_then_dense_loss(logits:torch.Tensor, # [B,S,V'] student logits
                                                               torch.where(plan.valid, plan.a, fill[:, None]))
     lp = lp.view(B, S, V)
     kd = _xlogy_diff(lp.exp(), lp, lq).reshape(-1)                                # [N] dense KL per row
-    ce = F.cross_entropy(zs.reshape(-1, V), _shift_labels(labels), reduction='none', ignore_index=-100)  # [N]
+    ce = F.cross_entropy(zs.reshape(-1, V), shift_labels(labels), reduction='none', ignore_index=-100)  # [N]
     m = torch.zeros(B * S, dtype=cd, device=logits.device); m[plan.rows] = 1.
     loss = ((((1 - alpha) * ce + alpha * T * T * kd) * m).sum()) / plan.denom
     return DistillationLoss(loss, (ce * m).detach().sum() / plan.denom, (kd * m).detach().sum() / plan.denom, plan.n_valid)
@@ -477,41 +490,3 @@ def fused_distillation_loss(hidden:torch.Tensor, # [B,S,H] final hidden states (
     loss, parts = _FusedSparseKDLoss.apply(hidden.reshape(B * S, H), lm_head_weight, lm_head_bias, plan, T, float(alpha), chunk_size,
                                             torch.is_grad_enabled())
     return DistillationLoss(loss, parts[0], parts[1], plan.n_valid)
-
-# %% ../nbs/02_losses.ipynb #793f7031
-_LOGIT_TRANSFORMS = {  # config field -> test that its value leaves the logits unchanged
-    'final_logit_softcapping': lambda v: not v, 'logit_scale': lambda v: float(v) == 1.,
-    'logits_scaling': lambda v: float(v) == 1., 'lm_head_multiplier': lambda v: float(v) == 1.,
-    'output_multiplier': lambda v: float(v) == 1., 'mup_enabled': lambda v: not v}
-
-def check_plain_lm_head(model) -> nn.Linear:
-    "The model's lm_head if its logits are exactly `hidden @ W.T (+ b)`; else a ValueError naming the config field."
-    name = type(model).__name__
-    cfgs = [getattr(model, 'config', None)]
-    if cfgs[0] is not None and hasattr(cfgs[0], 'get_text_config'): cfgs.append(cfgs[0].get_text_config())
-    for cfg in filter(None, cfgs):
-        for field, neutral in _LOGIT_TRANSFORMS.items():
-            v = getattr(cfg, field, None)
-            if v is not None and not neutral(v):
-                raise ValueError(f'{name} has config.{field}={v!r}: its logits are not a plain linear map of the final '
-                                 'hidden states, so the fused loss would train on the wrong logits. Use the unfused '
-                                 "distillation_loss on the model's logits for this model.")
-    head = model.get_output_embeddings() if hasattr(model, 'get_output_embeddings') else None
-    if not isinstance(head, nn.Linear):
-        raise ValueError(f'{name}.get_output_embeddings() is {type(head).__name__}, not a torch.nn.Linear '
-                         '(e.g. a LoRA-wrapped or quantised lm_head): the fused loss needs a plain weight; use the unfused distillation_loss')
-    return head
-
-def model_lm_head(model) -> tuple:
-    "(weight [V',H], bias [V'] or None) of a model whose lm_head is a plain linear map (see `check_plain_lm_head`)."
-    head = check_plain_lm_head(model)
-    return head.weight, head.bias
-
-def model_hidden_states(model, # a transformers causal LM (unwrapped from DDP/FSDP wrappers by the caller)
-                        input_ids:torch.Tensor, # [B,S]
-                        attention_mask:torch.Tensor|None=None, # [B,S]
-                        **kwargs, # passed to the decoder (position_ids, ...)
-                       ) -> torch.Tensor:
-    "Final hidden states [B,S,H] (after the final norm) from `model.get_decoder()`: the input of the lm_head."
-    out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    return out.last_hidden_state if hasattr(out, 'last_hidden_state') else out[0]

@@ -8,7 +8,10 @@ import argparse, json, math, time
 from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
-from kdkit.data import demo_corpus, heldout_ce, prepare_dataset, train_demo_tokenizer, unigram_entropy
+from kdkit.data import demo_corpus, prepare_dataset, train_demo_tokenizer, unigram_entropy
+from kdkit.models import evaluate_distillation
+
+def heldout_ce(model, ds): return evaluate_distillation(model, None, ds)['ce']
 
 def teacher_config(vocab_size):
     "The demo teacher's architecture: Llama, 4 layers, hidden 128, tied embeddings."

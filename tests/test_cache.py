@@ -395,7 +395,8 @@ def test_cli_help_documents_every_flag(capsys):
 # ---------------------------------------------------------------- the real teacher
 @pytest.mark.slow
 def test_smollm2_cache_real_text(tmp_path):
-    from kdkit.data import load_smollm2, stdlib_text, prepare_dataset
+    from kdkit.data import stdlib_text, prepare_dataset
+    from kdkit.models import load_smollm2
     model, tok = load_smollm2()
     data = prepare_dataset(stdlib_text(max_docs=40), tok, seq_len=64).select(range(8))
     p = TeacherLogitsGenerator(model, tok, k=64, batch_size=4, progress=False).generate(data, tmp_path / 's.h5')
