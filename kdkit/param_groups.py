@@ -6,13 +6,12 @@ Docs: https://kdkit.github.io/kdkit/param_groups.html.md"""
 
 # %% auto #0
 __all__ = ['RULE_KEYS', 'NO_DECAY_NAME_PATTERNS', 'KDKIT_FROZEN', 'Rule', 'make_rule', 'decay_parameter_names', 'TensorPlan',
-           'ParameterGroupManager', 'plan', 'apply', 'param_groups', 'learning_rates', 'assignments', 'PlanSummary',
-           'summary']
+           'ParameterGroupManager', 'PlanSummary']
 
 # %% ../nbs/03_param_groups.ipynb #7f036750
 import difflib, html, math, numbers, re, warnings
 from dataclasses import dataclass, field
-import torch
+from fastcore.basics import patch
 from torch import nn
 
 # %% ../nbs/03_param_groups.ipynb #9e984f9e
@@ -32,6 +31,7 @@ class Rule:
 
     def matches(self, names): return self.regex is None or any(self.regex.search(n) for n in names)
 
+# %% ../nbs/03_param_groups.ipynb #p9c0a003
 def _number(value, what, where):
     "`value` as a finite float >= 0, or a clear error naming `what` and `where`."
     if isinstance(value, str):
@@ -44,6 +44,7 @@ def _number(value, what, where):
         raise ValueError(f"{where}: {what} must be a finite number >= 0, got {value!r}")
     return value
 
+# %% ../nbs/03_param_groups.ipynb #p9c0a005
 def make_rule(spec:dict, # {"pattern", "lr_multiplier", "weight_decay" (opt), "name" (opt)}
               index:int=0, # the rule's position, for error messages
              ) -> Rule:
@@ -73,6 +74,7 @@ def _params_of(model, types):
     "ids of the parameters held (at any depth) by modules of `types`."
     return {id(p) for m in model.modules() if isinstance(m, types) for p in m.parameters()}
 
+# %% ../nbs/03_param_groups.ipynb #p9c0a006
 def decay_parameter_names(model:nn.Module) -> list:
     "Names (tied aliases included) of the parameters transformers' Trainer would decay."
     no_decay = [re.compile(p) for p in NO_DECAY_NAME_PATTERNS]
@@ -97,6 +99,7 @@ class TensorPlan:
     @property
     def numel(self): return self.param.numel()
 
+# %% ../nbs/03_param_groups.ipynb #p9c0a008
 def _tensors(model):
     "[(first name, all names, parameter)] with tied parameters once."
     names = {}
@@ -135,7 +138,8 @@ class ParameterGroupManager:
         return f"ParameterGroupManager([{rs}], {self.default_rule.name}: x{self.default_rule.lr_multiplier:g})"
 
 # %% ../nbs/03_param_groups.ipynb #1a27eb67
-def _check_rules(self, tensors):
+@patch
+def _check_rules(self:ParameterGroupManager, tensors):
     "Error (or warn) on rules that match no name; warn on rules fully shadowed by earlier ones."
     all_names = [n for _, names, _ in tensors for n in names]
     taken = {}
@@ -154,10 +158,9 @@ def _check_rules(self, tensors):
         if self.strict: raise ValueError(msg + "; pass strict=False to only warn")
         warnings.warn(msg)
 
-ParameterGroupManager._check_rules = _check_rules
-
 # %% ../nbs/03_param_groups.ipynb #5547fd85
-def plan(self, model:nn.Module, # the (student) model, possibly PEFT-wrapped
+@patch
+def plan(self:ParameterGroupManager, model:nn.Module, # the (student) model, possibly PEFT-wrapped
          decay_names=None, # names to decay (e.g. `Trainer.get_decay_parameter_names(model)`); default: `decay_parameter_names`
         ) -> list:
     "One `TensorPlan` per parameter tensor (tied ones once), in `named_parameters` order."
@@ -174,10 +177,9 @@ def plan(self, model:nn.Module, # the (student) model, possibly PEFT-wrapped
                               frozen_outside=outside, decay=name in decay and id(p) not in emb))
     return out
 
-ParameterGroupManager.plan = plan
-
 # %% ../nbs/03_param_groups.ipynb #77b5f957
-def _check_trainable(self, tplan):
+@patch
+def _check_trainable(self:ParameterGroupManager, tplan):
     "Raise, naming the rules that froze everything, when no tensor would train."
     if any(t.trainable for t in tplan): return
     by_rule = {}
@@ -189,7 +191,9 @@ def _check_trainable(self, tplan):
     raise ValueError("no trainable parameter left: " + '; '.join(parts) +
                      ". Give one of these rules (or default_lr_multiplier) a multiplier above 0.")
 
-def _apply_plan(self, tplan):
+# %% ../nbs/03_param_groups.ipynb #p9c0a013
+@patch
+def _apply_plan(self:ParameterGroupManager, tplan):
     "Set `requires_grad` from `tplan` (after checking something trains), marking what kdkit freezes."
     self._check_trainable(tplan)
     for t in tplan:
@@ -200,16 +204,16 @@ def _apply_plan(self, tplan):
             t.param.requires_grad_(False)
             setattr(t.param, KDKIT_FROZEN, True)
 
-def apply(self, model:nn.Module) -> nn.Module:
+# %% ../nbs/03_param_groups.ipynb #p9c0a014
+@patch
+def apply(self:ParameterGroupManager, model:nn.Module) -> nn.Module:
     "Freeze (multiplier 0) and un-freeze what kdkit froze before, per the rules; returns `model`."
     self._apply_plan(self.plan(model))
     return model
 
-ParameterGroupManager._check_trainable, ParameterGroupManager._apply_plan = _check_trainable, _apply_plan
-ParameterGroupManager.apply = apply
-
 # %% ../nbs/03_param_groups.ipynb #8038f26f
-def param_groups(self, model:nn.Module,
+@patch
+def param_groups(self:ParameterGroupManager, model:nn.Module,
                  learning_rate:float, # base learning rate
                  weight_decay:float=0.0, # base weight decay (a rule's own `weight_decay` replaces it)
                  decay_parameter_names=None, # default: as transformers' Trainer decides; pass the Trainer's own to follow its overrides
@@ -229,23 +233,25 @@ def param_groups(self, model:nn.Module,
                                       name=r.name, lr_multiplier=r.lr_multiplier))
     return groups
 
-def learning_rates(self, optimizer) -> dict:
+# %% ../nbs/03_param_groups.ipynb #p9c0a018
+@patch
+def learning_rates(self:ParameterGroupManager, optimizer) -> dict:
     "The current lr of each rule in `optimizer` ({rule name: lr}, 0.0 for rules with no group: frozen)."
     lrs = {n: 0.0 for n in self.rule_names}
     for g in optimizer.param_groups:
         if g.get('name') in lrs: lrs[g['name']] = g['lr']
     return lrs
 
-def assignments(self, model:nn.Module) -> dict:
+# %% ../nbs/03_param_groups.ipynb #p9c0a020
+@patch
+def assignments(self:ParameterGroupManager, model:nn.Module) -> dict:
     "{parameter name: rule name} for every name (tied aliases included)."
     return {n: t.rule.name for t in self.plan(model) for n in t.aliases}
-
-ParameterGroupManager.param_groups, ParameterGroupManager.learning_rates = param_groups, learning_rates
-ParameterGroupManager.assignments = assignments
 
 # %% ../nbs/03_param_groups.ipynb #7416ed51
 def _fmt_count(n): return f"{n/1e9:.2f}B" if n >= 1e9 else f"{n/1e6:.2f}M" if n >= 1e6 else f"{n/1e3:.1f}K" if n >= 1e3 else str(n)
 
+# %% ../nbs/03_param_groups.ipynb #p9c0a023
 @dataclass
 class PlanSummary:
     "A table of a parameter-group plan; prints as text, displays as HTML."
@@ -280,7 +286,8 @@ class PlanSummary:
         return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}{tot}</tbody></table>"
 
 # %% ../nbs/03_param_groups.ipynb #5122b6e5
-def summary(self, model:nn.Module,
+@patch
+def summary(self:ParameterGroupManager, model:nn.Module,
             learning_rate:float=None, # base lr; when given, each row shows its group's lr
             weight_decay:float=None, # base weight decay; when None, decayed tensors show 'base'
            ) -> PlanSummary:
@@ -301,5 +308,3 @@ def summary(self, model:nn.Module,
                          lr=None if learning_rate is None else learning_rate * r.lr_multiplier,
                          weight_decay=wd_txt, frozen=frozen))
     return PlanSummary(rows, dict(tensors=len(tplan), parameters=total, trainable=sum(t.numel for t in tplan if t.trainable)))
-
-ParameterGroupManager.summary = summary

@@ -1,20 +1,17 @@
 """ParameterGroupManager on real architectures built from configs (Llama, Qwen2, GPT-2, a peft LoRA model):
 groups, freezes, the weight-decay split, scheduler ratios, and bad input."""
-import math, warnings
 import pytest, torch
 from torch import nn
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
-                          Trainer, TrainingArguments, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup)
+from transformers import Trainer, TrainingArguments, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+from kdkit.models import tiny_model
 from kdkit.param_groups import ParameterGroupManager, decay_parameter_names
 
 torch.set_num_threads(1)
-V, H = 128, 64
-LL = dict(vocab_size=V, hidden_size=H, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
+V = 128
 
-def llama(layers=2, tied=True): torch.manual_seed(0); return LlamaForCausalLM(LlamaConfig(num_hidden_layers=layers, tie_word_embeddings=tied, **LL))
-def qwen2(layers=2, tied=False): torch.manual_seed(0); return Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=layers, tie_word_embeddings=tied, **LL))
-def gpt2(): torch.manual_seed(0); return GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=H, n_layer=2, n_head=4, n_positions=64,
-                                                                    bos_token_id=0, eos_token_id=0))
+def llama(layers=2, tied=True): return tiny_model(V, layers, arch='llama', tie=tied)
+def qwen2(layers=2, tied=False): return tiny_model(V, layers, arch='qwen2', tie=tied)
+def gpt2(): return tiny_model(V, 2, arch='gpt2', tie=True)
 def lora(model=None):
     peft = pytest.importorskip('peft')
     return peft.get_peft_model(model or qwen2(), peft.LoraConfig(r=4, target_modules=['q_proj', 'v_proj']))
@@ -35,7 +32,7 @@ def test_decay_names_agree_with_trainer(arch):
     assert sorted(decay_parameter_names(m)) == sorted(Trainer.get_decay_parameter_names(None, m))
 
 @pytest.mark.parametrize('arch', MODELS)
-def test_groups_cover_trainable_once(arch):
+def test_groups_hold_every_trainable_tensor_once(arch):
     m = MODELS[arch]()
     pgm = ParameterGroupManager(RULES[arch], default_lr_multiplier=0.1, default_name='rest')
     groups = pgm.param_groups(m, learning_rate=1e-3, weight_decay=0.1)
@@ -161,7 +158,7 @@ def test_scheduler_keeps_ratios(tmp_path, make_sched, optim):
         opt.step(); opt.zero_grad(); sched.step()
     assert any(sched.lr_lambdas[0](s) < 1 for s in range(1, 12))  # the schedule did move
 
-def test_through_trainer_training(tmp_path):
+def test_frozen_group_and_ratios_hold_in_a_trainer_run(tmp_path):
     """A short Trainer run with the groups: the frozen group does not move, the ratio holds at every logged step."""
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -187,7 +184,7 @@ def test_through_trainer_training(tmp_path):
     assert torch.equal(before['model.embed_tokens.weight'], m.model.embed_tokens.weight)
     assert not torch.equal(before['model.layers.1.mlp.up_proj.weight'], m.model.layers[1].mlp.up_proj.weight)
 
-def test_bad_input():
+def test_bad_rules_are_errors_naming_the_rule():
     m = llama()
     with pytest.raises(ValueError, match=r"lr rule 0 \('x'\): invalid regex"):
         ParameterGroupManager([{'name': 'x', 'pattern': r'layers.(', 'lr_multiplier': 1}])
