@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['HIDDEN_LOSSES', 'DistillationLoss', 'topk_targets', 'sample_targets', 'match_temperature', 'shift_labels',
-           'scored_rows', 'distillation_loss', 'dense_distillation_loss', 'reconstruct_then_dense_loss',
-           'fused_distillation_loss', 'hidden_state_loss']
+__all__ = ['DistillationLoss', 'topk_targets', 'sample_targets', 'match_temperature', 'shift_labels', 'scored_rows',
+           'distillation_loss', 'dense_distillation_loss', 'reconstruct_then_dense_loss', 'fused_distillation_loss']
 
 # %% ../nbs/02_losses.ipynb #fe0fd4d3
 class DistillationLoss(NamedTuple):
@@ -491,36 +490,3 @@ def fused_distillation_loss(hidden:torch.Tensor, # [B,S,H] final hidden states (
     loss, parts = _FusedSparseKDLoss.apply(hidden.reshape(B * S, H), lm_head_weight, lm_head_bias, plan, T, float(alpha), chunk_size,
                                             torch.is_grad_enabled())
     return DistillationLoss(loss, parts[0], parts[1], plan.n_valid)
-
-# %% ../nbs/02_losses.ipynb #eb8511f4
-HIDDEN_LOSSES = ('cosine', 'mse')
-
-def _pair_loss(x, y, kind):
-    "Per-row loss [n] between student rows x [n,H] and teacher rows y [n,H], in the compute dtype."
-    if kind == 'cosine': return 1 - F.cosine_similarity(x, y, dim=-1, eps=1e-12)
-    return (x - y).pow(2).sum(-1) / y.pow(2).sum(-1).clamp_min(1e-12)
-
-# %% ../nbs/02_losses.ipynb #252eb2cd
-def hidden_state_loss(student_states:Sequence[torch.Tensor], # [B,S,H_s] per mapped pair (decoder layer outputs)
-                      teacher_states:Sequence[torch.Tensor], # [B,S,H_t] per mapped pair, same order
-                      labels:torch.Tensor, # [B,S] unshifted HF labels, -100 = not scored
-                      kind:str='cosine', # 'cosine' (1 - cos) or 'mse' (squared error over the teacher's squared norm)
-                      num_items_in_batch:int|None=None, # scored tokens of the whole optimizer step (default: this batch's)
-                      projections:Sequence|None=None, # per pair a module mapping H_s -> H_t, or None
-                     ) -> torch.Tensor:
-    "Hidden-state term: the per-row pair losses summed over pairs and scored rows, over N."
-    if kind not in HIDDEN_LOSSES: raise ValueError(f'hidden_loss={kind!r}; use one of {HIDDEN_LOSSES}')
-    if len(student_states) != len(teacher_states) or not student_states:
-        raise ValueError(f'hidden_state_loss: {len(student_states)} student and {len(teacher_states)} teacher states; give one of each per pair')
-    rows, _ = scored_rows(labels)
-    denom = float(len(rows) if num_items_in_batch is None else num_items_in_batch)
-    total = student_states[0].new_zeros((), dtype=_compute_dtype(student_states[0].dtype))
-    for p, (hs, ht) in enumerate(zip(student_states, teacher_states)):
-        x = hs.reshape(-1, hs.shape[-1])[rows]                                  # [n,H_s] gathered, then upcast
-        if projections is not None and projections[p] is not None: x = projections[p](x)
-        y = ht.reshape(-1, ht.shape[-1])[rows.to(ht.device)].to(x.device)       # [n,H_t]
-        if x.shape[-1] != y.shape[-1]:
-            raise ValueError(f'pair {p}: student width {x.shape[-1]} != teacher width {y.shape[-1]}; set hidden_projection=True')
-        cd = _compute_dtype(x.dtype)
-        total = total + _pair_loss(x.to(cd), y.to(cd), kind).sum()
-    return total / max(denom, 1.)

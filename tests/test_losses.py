@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from kdkit.losses import (DistillationLoss, topk_targets, sample_targets, distillation_loss, dense_distillation_loss,
-                          reconstruct_then_dense_loss, fused_distillation_loss, check_plain_lm_head, model_lm_head)
+                          reconstruct_then_dense_loss, fused_distillation_loss)
 
 torch.set_num_threads(1)
 
@@ -215,27 +215,3 @@ def test_fused_mixed_dtypes_cast_hidden_to_weight():
     ref.loss.backward()
     assert h1.grad.dtype == torch.float32 and W1.grad.dtype == torch.float64
     assert torch.allclose(out.loss, ref.loss) and torch.allclose(W1.grad, W2.grad) and torch.allclose(h1.grad.double(), h2.grad)
-
-
-def test_refuses_other_logit_transforms():
-    from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=1)
-    m = LlamaForCausalLM(cfg)
-    assert model_lm_head(m)[0] is m.lm_head.weight
-    for field, v in [('logits_scaling', 8.0), ('lm_head_multiplier', 0.5), ('output_multiplier', 2.0)]:
-        setattr(m.config, field, v)
-        with pytest.raises(ValueError, match=f'config.{field}'):
-            check_plain_lm_head(m)
-        setattr(m.config, field, 1.0)
-    m.lm_head = torch.nn.Sequential(m.lm_head)
-    with pytest.raises(ValueError, match='not a torch.nn.Linear'):
-        check_plain_lm_head(m)
-
-
-def test_granite_logits_scaling_refused():
-    from transformers import GraniteConfig, GraniteForCausalLM
-    m = GraniteForCausalLM(GraniteConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1, logits_scaling=4.0))
-    with pytest.raises(ValueError, match='logits_scaling'):
-        model_lm_head(m)
