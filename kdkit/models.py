@@ -19,7 +19,7 @@ from .losses import dense_distillation_loss, scored_rows
 __all__ = ['TINY_ARCHS', 'ORIGIN_KEY', 'DROP_SPECS', 'MODEL_SPECS', 'TOKEN_FIELDS', 'tiny_model', 'load_demo_teacher',
            'smollm2_gguf_path', 'load_smollm2', 'decoder_layers_path', 'layer_origin', 'drop_layers', 'dropped_layers',
            'load_student_model', 'load_model', 'load_tokenizer', 'check_plain_lm_head', 'model_lm_head',
-           'model_hidden_states', 'output_width', 'evaluate_distillation']
+           'model_hidden_states', 'output_width', 'evaluate_distillation', 'full_lm_head']
 
 # %% ../nbs/01_models.ipynb #396811fa
 TINY_ARCHS = ('llama', 'qwen2', 'gpt2')
@@ -267,3 +267,84 @@ def evaluate_distillation(student, # the model to evaluate
     if n == 0: raise ValueError('evaluate_distillation: the dataset has no scored tokens (all labels are -100)')
     out = dict(ce=ce / n, tokens=int(n))
     return out if teacher is None else dict(out, kl=kl / n, top1_agreement=agree / n)
+
+# %% ../nbs/01_models.ipynb #5a0e1f02
+import contextlib
+
+# %% ../nbs/01_models.ipynb #5a0e1f03
+def _fsdp2_owner(model, # the model holding `head`
+                 head:nn.Module, # its lm_head
+                ):
+    "The FSDP2 module (one `fully_shard` was applied to) nearest above `head`, itself included, or None."
+    try: from torch.distributed.fsdp import FSDPModule
+    except ImportError: return None
+    hname = next((n for n, m in model.named_modules() if m is head), None)
+    owners = [(n, m) for n, m in model.named_modules() if isinstance(m, FSDPModule)
+              and hname is not None and (n == '' or hname == n or hname.startswith(n + '.'))]
+    return max(owners, key=lambda nm: len(nm[0]))[1] if owners else None
+
+# %% ../nbs/01_models.ipynb #5a0e1f04
+def _is_dtensor(t) -> bool:
+    "Whether `t` is a torch.distributed DTensor (a sharded or replicated parameter)."
+    try: from torch.distributed.tensor import DTensor
+    except ImportError: return False
+    return isinstance(t, DTensor)
+
+def _refuse_fsdp1(model):
+    "A ValueError if `model` holds FSDP1 (`FullyShardedDataParallel`) units."
+    try: from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError: return
+    if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+        raise ValueError('full_lm_head: the model is wrapped in FSDP1 (FullyShardedDataParallel), whose flat parameters cannot '
+                         'be gathered with gradients. Use FSDP2 (torch.distributed.fsdp.fully_shard; accelerate/Trainer: '
+                         "fsdp_version 2) or the unfused loss (loss_chunk_size=None)")
+
+# %% ../nbs/01_models.ipynb #5a0e1f05
+@contextlib.contextmanager
+def _zero3_gathered(params:list):
+    "DeepSpeed ZeRO-3 partitioned `params` gathered whole, read-only, for the duration of the block."
+    try: import deepspeed
+    except ImportError:
+        raise ImportError('full_lm_head: the lm_head parameters are DeepSpeed ZeRO-3 partitions (they carry ds_id) but deepspeed '
+                          'does not import: install deepspeed, or use the unfused loss (loss_chunk_size=None)') from None
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None): yield
+
+# %% ../nbs/01_models.ipynb #5a0e1f06
+def _check_fsdp2_layout(model):
+    "A ValueError unless FSDP2 will reduce the gradients of a loss taken on the decoder's hidden states."
+    from torch.distributed.fsdp import FSDPModule
+    if not any(isinstance(m, FSDPModule) for m in model.get_decoder().modules()):
+        raise ValueError(f'full_lm_head: {type(model).__name__} is sharded with fully_shard, but nothing inside its decoder is. '
+                         "FSDP2 reduce-scatters gradients at the end of a backward that passes through a sharded module's "
+                         'output; a loss on the hidden states alone never does, and the gradients would stay unreduced. '
+                         'Apply fully_shard to each decoder layer first (as accelerate does), then to the model')
+
+# %% ../nbs/01_models.ipynb #5a0e1f07
+@contextlib.contextmanager
+def full_lm_head(model, # a causal LM, plain, under FSDP2 (`fully_shard`) or DeepSpeed ZeRO-3 (unwrapped from DDP)
+                ):
+    "Yield the lm_head's (weight [V',H], bias [V'] or None) as full tensors whose gradients reach the shards."
+    head = check_plain_lm_head(model)
+    params = [p for p in (head.weight, head.bias) if p is not None]
+    if any(hasattr(p, 'ds_id') for p in params):                        # ZeRO-3 partitions
+        with _zero3_gathered(params): yield head.weight, head.bias
+        return
+    _refuse_fsdp1(model)
+    owner = _fsdp2_owner(model, head)
+    if owner is None and any(_is_dtensor(p) for p in params):
+        raise ValueError(f'full_lm_head: {type(model).__name__}.lm_head.weight is a DTensor that no fully_shard module owns '
+                         '(tensor parallelism?): the fused loss needs the whole weight; use the unfused loss (loss_chunk_size=None)')
+    if owner is None:
+        yield head.weight, head.bias
+        return
+    _check_fsdp2_layout(model)
+    resharded = any(_is_dtensor(p) for p in params)                      # else its group is gathered already (the root after forward)
+    if resharded: owner.unshard()
+    try:
+        if any(_is_dtensor(p) for p in (head.weight, head.bias) if p is not None):
+            raise ValueError(f'full_lm_head: the lm_head is still sharded after unsharding {type(owner).__name__}: '
+                             'its weight belongs to another fully_shard group (e.g. tied to an embedding sharded on its own); '
+                             'shard the embedding and the lm_head in one group, or use the unfused loss')
+        yield head.weight, head.bias
+    finally:
+        if resharded: owner.reshard()                                    # free the gathered weight: the fused loss no longer needs it
