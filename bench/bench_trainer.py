@@ -19,14 +19,14 @@ import argparse, copy, json, os, statistics, sys, tempfile, time
 from pathlib import Path
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.machine import machine
 from kdkit.cache import CachedLogitsDataset, TeacherLogitsGenerator
 from kdkit.data import demo_datasets, demo_tokenizer
-from kdkit.models import load_demo_teacher, load_student_model
+from kdkit.models import load_demo_teacher, load_student_model, tiny_model
 from kdkit.losses import distillation_loss
 from kdkit.trainer import DistillationTrainer, DistillationTrainingArguments, distillation_collate
 
@@ -42,10 +42,8 @@ def teacher_model(tok):
     "The shipped demo teacher, or (before its weights exist) a random one of the same architecture: timing is the same."
     try: return load_demo_teacher(), 'demo teacher (kdkit/assets/demo)'
     except Exception:
-        torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                          num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
-        return LlamaForCausalLM(cfg), 'random-init Llama of the demo teacher shape (demo weights not found)'
+        m = tiny_model(len(tok), layers=4, hidden=128, tie=True, intermediate_size=512, max_position_embeddings=256)
+        return m, 'random-init Llama of the demo teacher shape (demo weights not found)'
 
 def cpu_ms(f, n=10):
     "Median CPU time (ms) of `f()` over `n` calls after one warm-up."

@@ -6,26 +6,24 @@ Docs: https://kdkit.github.io/kdkit/trainer.html.md"""
 
 # %% ../nbs/08_trainer.ipynb #8b6b69eb
 from __future__ import annotations
-import copy, json, math, os, re
-from dataclasses import dataclass, field, fields
+import copy, json, math, re
+from dataclasses import dataclass, field
 from pathlib import Path
 import torch
-from torch import nn
+from fastcore.basics import patch
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.trainer_callback import TrainerState
 from transformers.trainer_pt_utils import nested_gather
 from .cache import CacheError, CachedLogitsDataset, collate_teacher_batch
-from .losses import distillation_loss, fused_distillation_loss, scored_rows, topk_targets
+from .losses import distillation_loss, fused_distillation_loss, match_temperature, scored_rows, topk_targets
 from .models import model_lm_head, output_width
 from .param_groups import ParameterGroupManager
 
 # %% auto #0
 __all__ = ['KD_TAILS', 'STAGE_FIELDS', 'TEACHER_FIELDS', 'parse_lr_rules', 'DistillationTrainingArguments', 'Stage',
-           'distillation_collate', 'teacher_top1', 'DistillationTrainer', 'run_stages']
+           'distillation_collate', 'teacher_top1', 'DistillationTrainer', 'run_stages', 'evaluate_distillation']
 
 # %% ../nbs/08_trainer.ipynb #767f40d7
-KD_TAILS = ('bucket', 'renorm')
-
 def parse_lr_rules(rules) -> list:
     "`rules` as a list of rule dicts: a list as is, a JSON string (the command line) parsed, None as []."
     if rules is None or rules == '': return []
@@ -40,6 +38,9 @@ def parse_lr_rules(rules) -> list:
     ParameterGroupManager(rules)  # checks every rule now, naming the bad one
     return rules
 
+# %% ../nbs/08_trainer.ipynb #16af4ebd
+KD_TAILS = ('bucket', 'renorm')
+
 def _check_kd(alpha, temperature, kd_tail=None, where='DistillationTrainingArguments'):
     "ValueError naming the parameter when alpha, temperature or kd_tail is out of range."
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0. <= alpha <= 1.:
@@ -49,6 +50,7 @@ def _check_kd(alpha, temperature, kd_tail=None, where='DistillationTrainingArgum
     if kd_tail is not None and kd_tail not in KD_TAILS:
         raise ValueError(f'{where}: kd_tail must be one of {KD_TAILS} ("bucket" is exact; "renorm" is biased), got {kd_tail!r}')
 
+# %% ../nbs/08_trainer.ipynb #f4c622ca
 @dataclass
 class DistillationTrainingArguments(TrainingArguments):
     "`TrainingArguments` plus the distillation knobs; parsable by `HfArgumentParser` from the command line, a dict or YAML."
@@ -122,6 +124,7 @@ def distillation_collate(items:list) -> dict:
     "Batch cache items (teacher fields, `collate_teacher_batch`) or tokenised rows (`default_data_collator`)."
     return collate_teacher_batch(items) if 'teacher_ids' in items[0] else default_data_collator(items)
 
+# %% ../nbs/08_trainer.ipynb #9824ce43
 def teacher_top1(targets:dict, rows:torch.Tensor) -> torch.Tensor:
     "The teacher's most likely next token [n] at flat rows `rows` (most-sampled id for sampled targets)."
     ids = targets['teacher_ids']
@@ -184,12 +187,14 @@ class DistillationTrainer(Trainer):
         self.add_callback(_DistillationCallback(self))
 
 # %% ../nbs/08_trainer.ipynb #b9e79ea7
-def _datasets(self):
+@patch
+def _datasets(self:DistillationTrainer):
     "The train and eval datasets given to the trainer, as a list."
     ev = self.eval_dataset
     ev = list(ev.values()) if isinstance(ev, dict) else [ev]
     return [d for d in [self.train_dataset, *ev] if d is not None]
 
+# %% ../nbs/08_trainer.ipynb #b98bea9a
 def _has_targets(ds) -> bool:
     "Whether the items of `ds` carry teacher fields (a cache, or a dataset with a `teacher_ids` column)."
     if isinstance(ds, CachedLogitsDataset): return True
@@ -198,7 +203,9 @@ def _has_targets(ds) -> bool:
     try: return 'teacher_ids' in ds[0]
     except Exception: return False
 
-def _check_data(self) -> int:
+# %% ../nbs/08_trainer.ipynb #1b759a82
+@patch
+def _check_data(self:DistillationTrainer) -> int:
     "Check caches against the student, tokenizer and each other; return the true vocabulary size V."
     tok = self.processing_class if hasattr(self.processing_class, 'get_vocab') else None
     caches = [d for d in self._datasets() if isinstance(d, CachedLogitsDataset)]
@@ -222,40 +229,42 @@ def _check_data(self) -> int:
                                   'to run the teacher on tokenised blocks')
     return V
 
-def _check_temperature(self, T:float):
+# %% ../nbs/08_trainer.ipynb #a4b82169
+@patch
+def _check_temperature(self:DistillationTrainer, T:float):
     "Error naming the cache when it cannot train at temperature `T`."
     for c in (d for d in self._datasets() if isinstance(d, CachedLogitsDataset)):
         temps, mode = c.metadata['temperatures'], c.metadata['mode']
-        ok = any(abs(t - T) <= 1e-6 * max(1., t) for t in temps)
+        ok = match_temperature(temps, T) is not None
         if mode == 'sample' and not ok:
             raise CacheError(f'{c.paths[0]}: sampled targets train only at their capture temperature {temps[0]}, not temperature={T}')
         if mode == 'topk' and T != 1.0 and not ok:
             raise CacheError(f'{c.paths[0]}: the cache stores LSE for temperatures {temps}; temperature={T} needs a cache captured with it')
 
-DistillationTrainer._datasets, DistillationTrainer._check_data, DistillationTrainer._check_temperature = _datasets, _check_data, _check_temperature
-
 # %% ../nbs/08_trainer.ipynb #a8908c4c
-def _set_signature_columns_if_needed(self):
+@patch
+def _set_signature_columns_if_needed(self:DistillationTrainer):
     "The model's forward arguments plus the teacher fields, so `remove_unused_columns` keeps them."
     Trainer._set_signature_columns_if_needed(self)
     self._signature_columns += [f for f in TEACHER_FIELDS if f not in self._signature_columns]
 
-DistillationTrainer._set_signature_columns_if_needed = _set_signature_columns_if_needed
-
 # %% ../nbs/08_trainer.ipynb #c36f11ca
-@torch.no_grad()
-def _online_targets(self, inputs:dict) -> dict:
+@patch
+def online_targets(self:DistillationTrainer, inputs:dict, # a batch: input_ids (attention_mask, position_ids)
+                  ) -> dict:
     "Teacher target fields for a batch from the online teacher: top-k (`teacher_topk`) or all V ids (exact)."
     if self.teacher_model is None:
         raise ValueError(f'the batch has no teacher fields ({", ".join(TEACHER_FIELDS[:3])}, ...) and the trainer has no '
                          'teacher_model: train on a CachedLogitsDataset or pass teacher_model=')
     V, k = self.vocab_size, self.args.teacher_topk
     x = {key: inputs[key] for key in ('input_ids', 'attention_mask', 'position_ids') if key in inputs}
-    logits = self.teacher_model(**x).logits[..., :V]                       # [B,S,V] teacher dtype
+    with torch.no_grad(): logits = self.teacher_model(**x).logits[..., :V]    # [B,S,V] teacher dtype
     temps = sorted({1.0, float(self.args.temperature)})
     return topk_targets(logits, min(k or V, V), temperatures=temps)
 
-def _forward_hidden(self, model, inputs:dict):
+# %% ../nbs/08_trainer.ipynb #4b15e9d8
+@patch
+def _forward_hidden(self:DistillationTrainer, model, inputs:dict):
     "Run the (possibly DDP-wrapped) model keeping one position's logits; return (outputs, final hidden states [B,S,H])."
     core = self.accelerator.unwrap_model(model)
     if self._keeps_logits is None:
@@ -267,8 +276,6 @@ def _forward_hidden(self, model, inputs:dict):
     try: out = model(**inputs, **({'logits_to_keep': 1} if self._keeps_logits else {}))
     finally: hook.remove()
     return out, box['h']
-
-DistillationTrainer.online_targets, DistillationTrainer._forward_hidden = _online_targets, _forward_hidden
 
 # %% ../nbs/08_trainer.ipynb #66b4f1c8
 @torch.no_grad()
@@ -284,7 +291,9 @@ def _agreement(logits, hidden, head, labels, targets, V, chunk=1024):
                         for i in range(0, len(rows), chunk)] or [rows.new_zeros(0)])
     return int((s1 == t1).sum()), len(rows)
 
-def _compute_loss(self, model, inputs:dict, return_outputs:bool=False, num_items_in_batch=None):
+# %% ../nbs/08_trainer.ipynb #d0b17853
+@patch
+def compute_loss(self:DistillationTrainer, model, inputs:dict, return_outputs:bool=False, num_items_in_batch=None):
     "kdkit's distillation loss on the batch, normalised by the optimizer step's valid-token count (all micro-batches, all ranks)."
     a = self.args
     labels = inputs['labels']
@@ -313,10 +322,9 @@ def _compute_loss(self, model, inputs:dict, return_outputs:bool=False, num_items
         self._eval_sums += torch.tensor([float(res.ce) * N, float(res.kd) * N, agree, n], dtype=torch.float64, device=self._eval_sums.device)
     return (loss, outputs) if return_outputs else loss
 
-DistillationTrainer.compute_loss = _compute_loss
-
 # %% ../nbs/08_trainer.ipynb #17058c74
-def _create_optimizer(self, model=None):
+@patch
+def create_optimizer(self:DistillationTrainer, model=None):
     "The optimizer the arguments choose (`optim`), over the groups of `ParameterGroupManager` (frozen groups left out)."
     if self.optimizer is None:
         opt_model = self.model if model is None else model
@@ -330,20 +338,22 @@ def _create_optimizer(self, model=None):
         self.optimizer = cls(groups, **kw)
     return self.optimizer
 
-def _create_scheduler(self, num_training_steps:int, optimizer=None):
+# %% ../nbs/08_trainer.ipynb #57a13387
+@patch
+def create_scheduler(self:DistillationTrainer, num_training_steps:int, optimizer=None):
     "The Trainer's scheduler, spanning the current stage's steps (not the global step count) inside `run_stages`."
     if self._stage_span is not None: num_training_steps = self._stage_span[1] - self._stage_span[0]
     return Trainer.create_scheduler(self, num_training_steps, optimizer)
 
-def _load_optimizer_and_scheduler(self, checkpoint):
+# %% ../nbs/08_trainer.ipynb #df7bc458
+@patch
+def _load_optimizer_and_scheduler(self:DistillationTrainer, checkpoint):
     "Load optimizer and scheduler state, except when a new stage starts from the previous stage's last checkpoint."
     if not self._fresh_stage: Trainer._load_optimizer_and_scheduler(self, checkpoint)
 
-DistillationTrainer.create_optimizer, DistillationTrainer.create_scheduler = _create_optimizer, _create_scheduler
-DistillationTrainer._load_optimizer_and_scheduler = _load_optimizer_and_scheduler
-
 # %% ../nbs/08_trainer.ipynb #11141b65
-def _log(self, logs:dict, start_time=None):
+@patch
+def log(self:DistillationTrainer, logs:dict, start_time=None):
     "Add ce_loss and kd_loss (means over the logging interval, like loss), lr/<rule> and the stage, then log."
     if 'loss' in logs:
         n = max(self.state.global_step - self._log_step, 1)
@@ -359,7 +369,9 @@ def _log(self, logs:dict, start_time=None):
     if self.stage is not None: logs['stage'] = self.stage.name
     Trainer.log(self, logs, start_time)
 
-def _evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix='eval'):
+# %% ../nbs/08_trainer.ipynb #7db5af58
+@patch
+def evaluation_loop(self:DistillationTrainer, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix='eval'):
     "The Trainer's loop, plus `<prefix>_ce_loss`, `<prefix>_kd_loss` (token means) and `<prefix>_top1_agreement` with the teacher."
     self._eval_sums = torch.zeros(4, dtype=torch.float64, device=self.args.device)
     try:
@@ -372,10 +384,9 @@ def _evaluation_loop(self, dataloader, description, prediction_loss_only=None, i
                         f'{metric_key_prefix}_top1_agreement': agree / max(n, 1)})
     return out
 
-DistillationTrainer.log, DistillationTrainer.evaluation_loop = _log, _evaluation_loop
-
 # %% ../nbs/08_trainer.ipynb #1f4d3e34
-def _stage_steps(self, stage:Stage) -> int:
+@patch
+def stage_steps(self:DistillationTrainer, stage:Stage) -> int:
     "Optimizer steps of `stage`: its max_steps, or its epochs (else the arguments' own length) in steps of the training data."
     if stage.max_steps is not None: return stage.max_steps
     if stage.num_train_epochs is None and self._base_args['max_steps'] > 0: return self._base_args['max_steps']
@@ -384,7 +395,9 @@ def _stage_steps(self, stage:Stage) -> int:
     ga = self.args.gradient_accumulation_steps
     return max(1, math.ceil(epochs * max(n // ga + int(n % ga > 0), 1)))
 
-def _update_stage(self, stage:Stage|dict, # the stage to apply
+# %% ../nbs/08_trainer.ipynb #a1f23099
+@patch
+def update_stage(self:DistillationTrainer, stage:Stage|dict, # the stage to apply
                  start_step:int=0, # global step at which it starts (`run_stages` passes it)
                 ):
     "Apply a stage: its arguments (unset ones from the trainer's own), freezes/unfreezes, a new optimizer and scheduler."
@@ -405,8 +418,6 @@ def _update_stage(self, stage:Stage|dict, # the stage to apply
     self.stage = stage
     return self
 
-DistillationTrainer.stage_steps, DistillationTrainer.update_stage = _stage_steps, _update_stage
-
 # %% ../nbs/08_trainer.ipynb #80191b81
 def _complete_checkpoints(folder) -> list:
     "[(step, path)] of the finished checkpoints in `folder` (trainer_state.json is written last), by step."
@@ -419,6 +430,7 @@ def _complete_checkpoints(folder) -> list:
         out.append((int(m.group(1)), p))
     return sorted(out)
 
+# %% ../nbs/08_trainer.ipynb #17207f7d
 def run_stages(trainer:DistillationTrainer, # the trainer; its output_dir holds one folder per stage
                stages:list, # Stage objects or plain dicts (Stage.from_dict)
               ) -> list:
@@ -458,3 +470,4 @@ def run_stages(trainer:DistillationTrainer, # the trainer; its output_dir holds 
 
 # %% ../nbs/08_trainer.ipynb #d1012d8e
 from .models import evaluate_distillation  # re-exported: held-out metrics live in kdkit.models
+_all_ = ['evaluate_distillation']

@@ -3,17 +3,17 @@ k = V cache vs the dense oracle, logging, evaluation, padded vocabularies, save/
 import json, math
 import numpy as np
 import pytest, torch
-from transformers import AutoModelForCausalLM, HfArgumentParser, LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM, HfArgumentParser, TrainerCallback
 from kdkit.cache import CacheError, CachedLogitsDataset, TeacherLogitsGenerator
 from kdkit.data import demo_corpus, demo_tokenizer, prepare_dataset, train_demo_tokenizer
 from kdkit.losses import dense_distillation_loss
+from tiny import tiny_llama
 from kdkit.trainer import (DistillationTrainer, DistillationTrainingArguments, Stage, distillation_collate,
                            evaluate_distillation, run_stages)
 
 torch.set_num_threads(1)
-ARCH = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
 
-def llama(V, layers, seed): torch.manual_seed(seed); return LlamaForCausalLM(LlamaConfig(vocab_size=V, num_hidden_layers=layers, **ARCH))
+def llama(V, layers, seed): return tiny_llama(V, layers, seed=seed)
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
@@ -59,7 +59,7 @@ def test_arguments_parse_cli_dict_yaml(tmp_path):
                                     (dict(lr_rules='[{"pattern": "x"'), 'lr_rules'), (dict(lr_rules=[{'pattern': '(', 'lr_multiplier': 1}]), 'regex'),
                                     (dict(lr_rules=[{'pattern': 'x', 'lr_multiplier': -1}]), 'lr_multiplier'),
                                     (dict(loss_chunk_size=0), 'loss_chunk_size'), (dict(teacher_topk=0), 'teacher_topk')])
-def test_bad_arguments(tmp_path, kw, msg):
+def test_bad_arguments_name_the_field(tmp_path, kw, msg):
     with pytest.raises((ValueError, TypeError), match=msg): DistillationTrainingArguments(output_dir=str(tmp_path), use_cpu=True, **kw)
 
 def test_stage_from_dict_and_bad_stages():
@@ -135,7 +135,7 @@ def test_online_teacher_trains_like_the_cache(setup, tmp_path):
     for a, b in zip(on.state.log_history[:2], ca.state.log_history[:2]):
         for key in ('loss', 'ce_loss', 'kd_loss'): assert math.isclose(a[key], b[key], rel_tol=5e-3, abs_tol=1e-5), (key, a, b)
 
-def test_online_topk(setup, tmp_path):
+def test_online_topk_matches_a_topk_cache(setup, tmp_path):
     "teacher_topk=k matches a k-cache of the same teacher (within quantisation)."
     V = setup['V']
     on = DistillationTrainer(llama(V, 1, 1), targs(tmp_path, teacher_topk=16), train_dataset=setup['ds'], teacher_model=setup['teacher'])
@@ -146,7 +146,7 @@ def test_online_topk(setup, tmp_path):
     assert math.isclose(on.compute_loss(on.model, dict(b)).item(), ca.compute_loss(ca.model, dict(b)).item(), rel_tol=2e-3)
 
 # ---------------------------------------------------------------- optimizer, logs, evaluation
-def test_groups_lr_logs_and_eval(setup, tmp_path):
+def test_frozen_group_lr_logs_and_eval_metrics(setup, tmp_path):
     rules = [{'name': 'emb', 'pattern': 'embed_tokens', 'lr_multiplier': 0}, {'name': 'head', 'pattern': 'lm_head', 'lr_multiplier': 3.0}]
     tr = DistillationTrainer(llama(setup['V'], 1, 1), targs(tmp_path, lr_rules=rules, eval_strategy='steps', eval_steps=2,
                              per_device_eval_batch_size=8), train_dataset=setup['k16'], eval_dataset=setup['kV'])
@@ -168,11 +168,11 @@ def test_evaluate_distillation_teacher_vs_itself(setup):
     assert r['kl'] == pytest.approx(0, abs=1e-6) and r['top1_agreement'] == 1.0 and r['ce'] > 0
     assert r['tokens'] == sum(int((torch.tensor(l[1:]) != -100).sum()) for l in setup['ds']['labels'])
 
-def test_padded_vocab_student(setup, tmp_path):
+def test_padded_vocab_student_gives_the_same_loss(setup, tmp_path):
     "A student with 64 extra output rows gives the loss of the same student without them (extra logits excluded)."
     V = setup['V']
     small = llama(V, 1, 1)
-    big = LlamaForCausalLM(LlamaConfig(vocab_size=V + 64, num_hidden_layers=1, **ARCH))
+    big = llama(V + 64, 1, 2)
     with torch.no_grad():
         for n, p in big.named_parameters():
             q = dict(small.named_parameters())[n]

@@ -1,12 +1,12 @@
 """Whole two-stage runs in subprocesses (tests/trainer_worker.py): torchrun DDP on CPU equals one process, and a run
 SIGKILLed inside stage 2 resumes to the same end as an uninterrupted one."""
-import json, os, shutil, signal, subprocess, sys
+import json, os, signal, subprocess, sys
 from pathlib import Path
 import numpy as np
 import pytest, torch
-from transformers import LlamaConfig, LlamaForCausalLM
 from kdkit.cache import TeacherLogitsGenerator
 from kdkit.data import demo_corpus, demo_tokenizer, prepare_dataset
+from tiny import tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / 'tests' / 'trainer_worker.py')
@@ -16,9 +16,7 @@ ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'OMP_NUM_THREADS': '1', 'TOKENIZERS_
 def cache(tmp_path_factory):
     "A k=16 cache of a tiny teacher over blocks whose label masks differ (so per-rank token counts differ)."
     tok = demo_tokenizer(); V = len(tok)
-    torch.manual_seed(0)
-    teacher = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                                           num_key_value_heads=2, num_hidden_layers=2))
+    teacher = tiny_llama(V, 2, seed=0)
     ds = prepare_dataset(demo_corpus(40, seed=0), tok, seq_len=32)
     cuts = np.random.default_rng(0).integers(0, 28, len(ds))
     ds = ds.map(lambda r, i: {'labels': [-100] * int(cuts[i]) + list(r['labels'])[int(cuts[i]):]}, with_indices=True)
@@ -61,9 +59,7 @@ def test_ddp_two_processes_equal_one(cache, full, tmp_path):
     w1 = torch.load(tmp_path / 'ddp' / 'weights-rank1.pt')
     assert all(torch.equal(w1[k], v) for k, v in ddp[1].items())
     # stage 2 really trained layer 0 (frozen in stage 1): it moved, identically on both ranks
-    torch.manual_seed(1)
-    init = LlamaForCausalLM(LlamaConfig(vocab_size=ddp[1]['lm_head.weight'].shape[0], hidden_size=64, intermediate_size=128,
-                                        num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2)).state_dict()
+    init = tiny_llama(ddp[1]['lm_head.weight'].shape[0], 2, seed=1).state_dict()  # the worker's student before training
     k = 'model.layers.0.mlp.up_proj.weight'
     assert not torch.equal(init[k], ddp[1][k])
 

@@ -1,11 +1,12 @@
 """A two-stage distillation run for tests/test_trainer_runs.py: started with python (one process) or torchrun (DDP on
 CPU, gloo), optionally SIGKILLing itself at a global step. Writes history and final weights under --out."""
-import argparse, json, os, signal, sys
+import argparse, json, os, signal
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import TrainerCallback
 from kdkit.cache import CachedLogitsDataset
 from kdkit.trainer import DistillationTrainer, DistillationTrainingArguments, run_stages
+from tiny import tiny_llama
 
 p = argparse.ArgumentParser()
 p.add_argument('--cache', required=True)
@@ -25,9 +26,7 @@ class Kill(TrainerCallback):
 
 cache = CachedLogitsDataset(a.cache)
 V = cache.metadata['vocab_size']
-torch.manual_seed(1)
-student = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                                       num_key_value_heads=2, num_hidden_layers=2, tie_word_embeddings=False))
+student = tiny_llama(V, 2, seed=1)
 args = DistillationTrainingArguments(
     output_dir=a.out, per_device_train_batch_size=a.batch, gradient_accumulation_steps=a.accum, learning_rate=2e-3,
     logging_steps=1, save_steps=a.save_steps, report_to=[], use_cpu=True, disable_tqdm=True, seed=0, data_seed=0,
