@@ -1,12 +1,14 @@
-"""kdkit.plots: the data behind each figure, stage shading, saved PNGs, and the LiveDashboard callback run
-headless, inside a real Trainer, and inside a real Jupyter kernel."""
-import math
+"""kdkit.plots: the data behind each figure (line x/y values, axis limits, labels, which keys are drawn), stage
+shading, saved PNGs, and the LiveDashboard callback run headless, inside a real Trainer, and inside a real Jupyter kernel."""
+import json, math
 from types import SimpleNamespace
 import numpy as np
 import pytest, torch
 from kdkit import plots
-from kdkit.plots import (LiveDashboard, in_notebook, plot_group_plan, plot_losses, plot_lr_groups, save_figures,
-                         stage_spans, synthetic_log_history)
+from kdkit.plots import (LiveDashboard, clip_ylim, in_notebook, load_history, lr_coincidences, plot_eval_comparison,
+                         plot_group_plan, plot_heldout_results, plot_losses, plot_lr_groups, robust_ylim, save_figures,
+                         series, stage_spans, synthetic_log_history)
+from tiny import tiny_llama
 
 torch.set_num_threads(1)
 
@@ -68,11 +70,8 @@ def test_empty_and_bad_history():
     assert list(ax.lines[0].get_xdata()) == [2]  # non-finite values are left out, not drawn as gaps at 0
 
 def test_plot_group_plan():
-    from transformers import LlamaConfig, LlamaForCausalLM
     from kdkit.param_groups import ParameterGroupManager
-    torch.manual_seed(0)
-    m = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=2))
+    m = tiny_llama(vocab=128)
     pgm = ParameterGroupManager([{'name': 'emb', 'pattern': 'embed', 'lr_multiplier': 0},
                                  {'name': 'top', 'pattern': r'layers\.1\.', 'lr_multiplier': 2.5}], default_lr_multiplier=0.1)
     ax = plot_group_plan(pgm, m).axes[0]
@@ -168,10 +167,8 @@ def test_dashboard_display_path(monkeypatch):
 def test_dashboard_in_trainer_run(tmp_path):
     """A real (tiny) Trainer run with the dashboard forced on: it sees every logged step."""
     from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
-    torch.manual_seed(0)
-    m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                     num_attention_heads=2, num_key_value_heads=1))
+    from transformers import Trainer, TrainingArguments
+    m = tiny_llama(vocab=64, layers=1)
     ids = torch.randint(0, 64, (8, 8)).tolist()
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, logging_steps=1,
                              use_cpu=True, report_to=[], save_strategy='no', disable_tqdm=True)
@@ -196,3 +193,122 @@ def test_dashboard_in_a_real_kernel():
     text = ''.join(o.get('text', '') for o in outs if o.output_type == 'stream')
     assert 'True True step 80/80' in text
     assert sum('image/png' in o.get('data', {}) for o in outs) == 2
+
+
+def visible(ax): return [l.get_label() for l in ax.lines if not l.get_label().startswith('_')]
+
+def heal(alpha=0.5, **kw):
+    "A heal whose held-out CE starts at 13 (as a half-pruned SmolLM2 does) and settles near 2."
+    return synthetic_log_history(steps=(30, 30), stages=('bridge', 'polish'), eval_every=10, start_ce=13.0, alpha=alpha, **kw)
+
+def test_plot_eval_comparison_data():
+    kd, ce = heal(), heal(alpha=0.0)
+    fig = plot_eval_comparison({'KD': kd, 'CE only': ce}, teacher_ce=1.9)
+    ce_ax, kl_ax = fig.axes
+    assert visible(ce_ax) == ['KD', 'CE only', 'teacher (1.9)'] and visible(kl_ax) == ['KD', 'CE only']
+    for ax, key in ((ce_ax, 'eval_ce_loss'), (kl_ax, 'eval_kd_loss')):
+        for line, h in zip(ax.lines[:2], (kd, ce)):
+            xs, ys = series(h, key)
+            assert list(line.get_xdata()) == xs == [0, 10, 20, 30, 40, 50, 60]
+            np.testing.assert_allclose(line.get_ydata(), ys)
+    teacher = ce_ax.lines[2]
+    assert teacher.get_gid() == 'reference' and list(teacher.get_ydata()) == [1.9, 1.9]
+    assert ce_ax.get_xlabel() == 'step' and [t.get_text() for t in ce_ax.texts][-2:] == ['bridge', 'polish']
+    assert series(ce, 'eval_kd_loss')[1][-1] > series(kd, 'eval_kd_loss')[1][-1]  # the example says what KD is for
+
+def test_plot_eval_comparison_tokens_axis():
+    kd = heal()
+    ax = plot_eval_comparison({'KD': kd}, x='tokens', tokens_per_step=16 * 128).axes[0]
+    assert list(ax.lines[0].get_xdata()) == [s * 2048 for s in series(kd, 'eval_ce_loss')[0]] and ax.get_xlabel() == 'tokens seen'
+    seen = [dict(e, num_input_tokens_seen=1000 * e['step']) if 'loss' in e else e for e in kd]  # the Trainer's own count
+    ax = plot_eval_comparison({'KD': seen}, x='tokens').axes[1]
+    assert list(ax.lines[0].get_xdata()) == [0, 10000, 20000, 30000, 40000, 50000, 60000]
+    with pytest.raises(ValueError, match='tokens_per_step'): plot_eval_comparison({'KD': kd}, x='tokens')
+    with pytest.raises(ValueError, match="'step' or 'tokens'"): plot_eval_comparison({'KD': kd}, x='epoch')
+    with pytest.raises(TypeError, match='dict of run name'): plot_eval_comparison([kd])
+    with pytest.raises(ValueError, match='teacher_ce'): plot_eval_comparison({'KD': kd}, teacher_ce='3.2')
+
+def test_first_points_far_above_are_clipped_and_marked():
+    h = heal()
+    ce_ax = plot_eval_comparison({'KD': h, 'CE only': heal(alpha=0.0)}, teacher_ce=1.9).axes[0]
+    lo, hi = ce_ax.get_ylim()
+    later = [y for l in ce_ax.lines[:2] for y in l.get_ydata()[1:]]
+    assert lo < 1.9 and max(later) < hi < 0.25 * 13  # the later points and the teacher fill the frame
+    marks = [l for l in ce_ax.lines if l.get_gid() == 'clipped']
+    assert [list(l.get_xdata()) for l in marks] == [[0], [0]] and all(l.get_ydata()[0] == hi for l in marks)
+    assert {t.get_text() for t in ce_ax.texts} >= {'13.1', '13.2'}  # the clipped values are written
+    full = plot_eval_comparison({'KD': h}, teacher_ce=1.9, clip=False).axes[0]
+    assert full.get_ylim()[1] > 13 and not [l for l in full.lines if l.get_gid() == 'clipped']
+    ax = plot_losses(h).axes[0]  # the training losses too
+    assert ax.get_ylim()[1] < 6 and max(ax.lines[1].get_ydata()) > 9
+    # a gentle curve is left alone
+    assert robust_ylim(*series(synthetic_log_history(), 'ce_loss')) is None
+    assert robust_ylim([0, 1, 2], [13, 4, 3.9], keep=(3.2,)) == pytest.approx((3.2 - 0.08 * 0.8, 4 + 0.3 * 0.8))  # later points 4, 3.9
+
+def test_clip_ylim_on_any_axes():
+    from matplotlib.figure import Figure
+    ax = Figure().subplots()
+    ax.plot([0, 1, 2, 3, 4], [13.0, 4.2, 4.1, 4.0, 4.0])
+    ax.plot([0, 1, 2, 3, 4], [12.0, 4.6, 4.4, 4.3, 4.2])
+    assert clip_ylim(ax) == 2 and sorted(t.get_text() for t in ax.texts) == ['12', '13']
+    assert clip_ylim(ax) == 2  # idempotent: its own markers are not data
+
+def demo_like_history():
+    "The demo's groups: embeddings frozen then slow, norms and layers on one schedule, and the old trainer's empty 'default' at 0."
+    h = []
+    for stage, mult in (('bridge', 0.0), ('polish', 0.3)):
+        for step in range(1, 11):
+            lr = 1e-3 * (1 - step / 11)
+            h.append({'loss': 2 - step / 20, 'stage': stage, 'step': step, 'learning_rate': lr,
+                      'lr/embeddings': mult * lr, 'lr/norms': lr, 'lr/layers': lr, 'lr/default': 0.0})
+    return h
+
+def test_coinciding_lr_lines_stay_distinguishable():
+    h = demo_like_history()
+    assert lr_coincidences(h) == {'layers': 'norms'}
+    ax = plot_lr_groups(h).axes[0]
+    assert labels(ax) == ['embeddings', 'norms', 'layers (= norms)', 'default']
+    norms, layers = ax.lines[1], ax.lines[2]
+    np.testing.assert_array_equal(norms.get_ydata(), layers.get_ydata())  # drawn at their true values, not offset
+    assert (norms.get_linestyle(), norms.get_marker()) == ('-', 'None')
+    assert (layers.get_linestyle(), layers.get_marker()) == ('--', 'o')  # dashed with markers over the solid line
+    assert ax.lines[3].get_linestyle() != '-'  # default lies on the frozen embeddings in stage 1
+    three = [dict(e, **{'lr/heads': e['lr/norms']}) for e in h]
+    ax = plot_lr_groups(three).axes[0]
+    assert labels(ax)[-1] == 'heads (= norms)' and ax.lines[-1].get_linestyle() == ':'  # a third style for a third line
+
+def test_absent_and_partly_absent_lr_keys():
+    """The trainer logs no `lr/<rule>` for a rule without parameters, and a rule may hold parameters in one stage only."""
+    h = demo_like_history()
+    for e in h:
+        del e['lr/default']  # an empty rule: never logged
+        if e['stage'] == 'bridge': del e['lr/embeddings']  # not logged in stage 1
+    h.append({'eval_loss': 1.0, 'step': 10, 'stage': 'polish'})
+    ax = plot_lr_groups(h).axes[0]
+    assert labels(ax) == ['norms', 'layers (= norms)', 'embeddings']  # 'default' is not drawn at all
+    emb = ax.lines[2]
+    drawn = [(x, y) for x, y in zip(emb.get_xdata(), emb.get_ydata()) if math.isfinite(y)]
+    assert [x for x, _ in drawn] == list(range(11, 21))  # a gap in stage 1, not a frozen line at 0
+    assert all(y > 0 for _, y in drawn)
+    assert list(ax.lines[0].get_xdata()) == list(range(1, 21))  # eval entries are not learning-rate points
+    ax = plot_lr_groups([{'loss': 1.0, 'step': 1}]).axes[0]  # nothing logged
+    assert ax.texts[0].get_text() == 'no learning rate logged yet'
+
+def test_load_history(tmp_path):
+    h = synthetic_log_history()
+    p = tmp_path / 'history.jsonl'
+    p.write_text(''.join(json.dumps(e) + '\n' for e in h) + '\n')
+    assert load_history(p) == h
+    p.write_text('{"loss": 1, "step": 1}\n{oops\n')
+    with pytest.raises(ValueError, match=r'history.jsonl, line 2: not JSON'): load_history(p)
+    with pytest.raises(FileNotFoundError, match='no such history file'): load_history(tmp_path / 'missing.jsonl')
+
+def test_plot_heldout_results():
+    res = {'teacher': {'ce': 3.22, 'kl': 0.0, 'top1_agreement': 1.0}, 'student_kd': {'ce': 8.36, 'kl': 5.15, 'top1_agreement': 0.134},
+           'student_ce_only': {'ce': 8.62, 'kl': 5.43, 'top1_agreement': 0.129}}
+    fig = plot_heldout_results(res, names={'student_kd': 'after KD'})
+    ce, kl, top1 = fig.axes
+    assert [p.get_width() for p in ce.patches] == [3.22, 8.36, 8.62] and [p.get_width() for p in top1.patches] == [1.0, 0.134, 0.129]
+    assert [p.get_y() + p.get_height() / 2 for p in kl.patches] == [2, 1, 0]  # first model on top
+    assert {t.get_text() for t in ce.get_yticklabels()} == {'teacher', 'after KD', 'student_ce_only'}
+    assert [t.get_text() for t in kl.texts] == [' 0', ' 5.15', ' 5.43']
