@@ -235,9 +235,19 @@ def param_groups(self:ParameterGroupManager, model:nn.Module,
 
 # %% ../nbs/03_param_groups.ipynb #p9c0a018
 @patch
-def learning_rates(self:ParameterGroupManager, optimizer) -> dict:
-    "The current lr of each rule in `optimizer` ({rule name: lr}, 0.0 for rules with no group: frozen)."
-    lrs = {n: 0.0 for n in self.rule_names}
+def held_rules(self:ParameterGroupManager, model:nn.Module) -> list:
+    "Names of the rules that take at least one tensor of `model` (frozen ones included), in rule order, the default last."
+    taken = {t.rule.name for t in self.plan(model)}
+    return [n for n in self.rule_names if n in taken]
+
+# %% ../nbs/03_param_groups.ipynb #04a7fa63
+@patch
+def learning_rates(self:ParameterGroupManager, optimizer,
+                   model:nn.Module=None, # when given, rules that hold no tensor of it are left out
+                  ) -> dict:
+    "The current lr of each rule in `optimizer` ({rule name: lr}; 0.0 for a frozen rule, which has no group)."
+    names = self.rule_names if model is None else self.held_rules(model)
+    lrs = {n: 0.0 for n in names}
     for g in optimizer.param_groups:
         if g.get('name') in lrs: lrs[g['name']] = g['lr']
     return lrs

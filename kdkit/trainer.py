@@ -183,7 +183,7 @@ class DistillationTrainer(Trainer):
         self._base_args = {f: getattr(self.args, f) for f in (*STAGE_FIELDS, 'output_dir')}
         self.stage, self._stage_span, self._fresh_stage, self._save_at_end = None, None, False, False
         self._log_sums = torch.zeros(2, dtype=torch.float64, device=self.args.device)  # ce, kd since the last log
-        self._log_step, self._step_lrs, self._eval_sums, self._keeps_logits = 0, None, None, None
+        self._log_step, self._step_lrs, self._eval_sums, self._keeps_logits, self._held_rules = 0, None, None, None, []
         self.add_callback(_DistillationCallback(self))
 
 # %% ../nbs/08_trainer.ipynb #b9e79ea7
@@ -326,8 +326,9 @@ def compute_loss(self:DistillationTrainer, model, inputs:dict, return_outputs:bo
 @patch
 def create_optimizer(self:DistillationTrainer, model=None):
     "The optimizer the arguments choose (`optim`), over the groups of `ParameterGroupManager` (frozen groups left out)."
+    opt_model = self.model if model is None else model
+    self._held_rules = self.param_groups_manager.held_rules(opt_model)   # the rules logged as lr/<rule>
     if self.optimizer is None:
-        opt_model = self.model if model is None else model
         groups = self.param_groups_manager.param_groups(opt_model, self.args.learning_rate, self.args.weight_decay,
                                                         decay_parameter_names=self.get_decay_parameter_names(opt_model))
         cls, kw = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, opt_model)
@@ -361,7 +362,7 @@ def log(self:DistillationTrainer, logs:dict, start_time=None):
         logs['ce_loss'], logs['kd_loss'] = float(s[0]) / n, float(s[1]) / n
         self._log_sums.zero_(); self._log_step = self.state.global_step
         if self._step_lrs:
-            lrs = {name: 0.0 for name in self.param_groups_manager.rule_names}
+            lrs = {name: 0.0 for name in self._held_rules}   # rules that hold no tensor are not logged
             for name, mult, lr in self._step_lrs:
                 if name in lrs: lrs[name] = lr
                 if mult: logs['learning_rate'] = lr / mult   # the base rate, whatever the first group's multiplier

@@ -226,3 +226,15 @@ def test_summary_text_and_html():
     h = s._repr_html_()
     assert h.startswith('<table>') and h.count('<tr>') == 5 and 'layers\\.(1|2)\\.' in h
     assert all(p.requires_grad for p in m.parameters())  # summary does not change the model
+
+def test_rules_without_tensors_are_left_out_of_learning_rates():
+    "A shadowed rule and an empty default group hold no tensor: learning_rates(opt, model) leaves them out; a frozen rule stays at 0."
+    m = llama()
+    rules = [{'name': 'emb', 'pattern': 'embed', 'lr_multiplier': 0}, {'name': 'shadowed', 'pattern': 'embed_tokens', 'lr_multiplier': 2},
+             {'name': 'all', 'pattern': '.', 'lr_multiplier': 1}]
+    with pytest.warns(UserWarning, match="'shadowed'"):
+        pgm = ParameterGroupManager(rules)
+        opt = torch.optim.SGD(pgm.param_groups(m, 1e-3))
+        assert pgm.held_rules(m) == ['emb', 'all']
+        assert pgm.learning_rates(opt, m) == {'emb': 0.0, 'all': 1e-3}
+    assert pgm.learning_rates(opt) == {'emb': 0.0, 'shadowed': 0.0, 'all': 1e-3, 'default': 0.0}  # without the model: every rule

@@ -163,6 +163,17 @@ def test_frozen_group_lr_logs_and_eval_metrics(setup, tmp_path):
     assert math.isclose(ev['eval_kd_loss'], ref['kl'], rel_tol=2e-2, abs_tol=1e-4)  # k=V cache vs exact dense KL
     assert math.isclose(ev['eval_top1_agreement'], ref['top1_agreement'], abs_tol=0.02)
 
+def test_lr_logged_only_for_rules_that_hold_parameters(setup, tmp_path):
+    "A rule shadowed by an earlier one and an empty default group are not logged; a frozen rule that holds tensors logs 0."
+    rules = [{'name': 'emb', 'pattern': 'embed_tokens', 'lr_multiplier': 0}, {'name': 'shadowed', 'pattern': 'embed', 'lr_multiplier': 2},
+             {'name': 'rest', 'pattern': '.', 'lr_multiplier': 1}]
+    with pytest.warns(UserWarning, match="'shadowed'.*earlier rule"):
+        tr = DistillationTrainer(llama(setup['V'], 1, 1), targs(tmp_path, lr_rules=rules), train_dataset=setup['k16'])
+        tr.train()
+    logs = [e for e in tr.state.log_history if 'loss' in e]
+    assert all(sorted(k for k in e if k.startswith('lr/')) == ['lr/emb', 'lr/rest'] for e in logs), logs[0]
+    assert all(e['lr/emb'] == 0 and e['lr/rest'] == e['learning_rate'] for e in logs)
+
 def test_evaluate_distillation_teacher_vs_itself(setup):
     r = evaluate_distillation(setup['teacher'], setup['teacher'], setup['ds'], batch_size=8)
     assert r['kl'] == pytest.approx(0, abs=1e-6) and r['top1_agreement'] == 1.0 and r['ce'] > 0
