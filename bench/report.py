@@ -1,12 +1,40 @@
-"""The README's performance table, generated from bench/results/*.json (each benchmark writes one file).
+"""The README's result tables and bench/README.md, generated from bench/results/*.json (each benchmark writes one file).
 
-A result file holds {"benchmark": ..., "machine": ..., "figures": [{"name", "value", "unit", "target", "command"}, ...]};
-`performance_table()` renders every figure of every file as one markdown table, in file-name order.
+A result file holds {"benchmark": ..., "machine": ..., "figures": [{"name", "value", "unit", "target", "command"}, ...]}.
+`headline_table()` is the README's short performance table (the figures in `HEADLINES`, with the anchor each is
+measured against); `bench_readme()` is bench/README.md, every figure of every file with its command.
 """
-import json
+import json, re
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent/'results'
+MODEL_NAMES = {'teacher': 'teacher', 'student_before': 'pruned student', 'student_kd': 'student after KD',
+               'student_ce_only': 'CE-only baseline'}
+
+# (result file, figure, readable name, anchor figure or None, what the anchor is)
+HEADLINES = [
+    ('cache', 'smollm2 B/entry default (gzip+shuffle, 7-bit values; generator output)',
+     'Teacher cache size, SmolLM2 top-64 (default encoding)', 'smollm2 B/entry context: fp16 log-probs + uint16 ids, gzip+shuffle',
+     'fp16 log-probs + uint16 ids'),
+    ('cache', 'smollm2 B/entry zstd, 6-bit = best option', 'Teacher cache size, smallest option (zstd, 6-bit)',
+     'smollm2 B/entry context: fp16 log-probs + uint16 ids, gzip+shuffle', 'fp16 log-probs + uint16 ids'),
+    ('cache', 'fidelity layer-pruned student, default 7-bit (cache file): signed mean diff',
+     'KD loss from the cache vs exact, pruned student', 'fidelity layer-pruned student: exact mean KD', 'exact mean KD'),
+    ('cache', 'fidelity teacher+noise 0.30, default 7-bit (cache file): signed mean diff',
+     'KD loss from the cache vs exact, student near the teacher', 'fidelity teacher+noise 0.30: exact mean KD', 'exact mean KD'),
+    ('cache', 'writer overhead generate / bare forwards (median of 5 paired runs, wall)',
+     'Teacher caching time / bare teacher forwards', 'writer bare forward throughput', 'bare forwards'),
+    ('cache', 'reader / training throughput (median of 3 paired runs)', 'Cache reading speed / training speed',
+     'demo student training tokens/s (batch 16 x 128, 2 threads; median of 3)', 'training'),
+    ('loss', 'fused_over_baseline_peak_rss_v128256', 'Fused KD loss peak memory / dense logits, V = 128,256',
+     'baseline_peak_rss_v128256', 'dense logits'),
+    ('loss', 'fused_over_baseline_peak_rss_v49152', 'Fused KD loss peak memory / dense logits, V = 49,152',
+     'baseline_peak_rss_v49152', 'dense logits'),
+    ('loss', 'fused_over_sparse_time_v128256', 'Fused KD loss time / unfused sparse loss, V = 128,256',
+     'sparse_time_v128256', 'unfused sparse loss'),
+    ('trainer', 'cached_kd_over_ce_cpu', 'Cached-teacher KD step / plain CE Trainer step', 'ce_trainer_step_cpu', 'CE step'),
+    ('trainer', 'online_over_cached_cpu', 'Online-teacher KD step / cached-teacher step', 'cached_kd_step_cpu', 'cached step'),
+]
 
 def load_results(results_dir=RESULTS) -> list:
     "Every benchmark result file, parsed, in file-name order (files without 'figures' are skipped)."
@@ -18,33 +46,91 @@ def load_results(results_dir=RESULTS) -> list:
 
 def _fmt(v):
     if isinstance(v, bool) or v is None: return str(v)
-    if isinstance(v, (int, float)): return f'{v:.4g}' if abs(v) < 1e5 else f'{v:,.0f}'
+    if isinstance(v, (int, float)): return f'{v:.4g}' if abs(v) < 1e4 else f'{v:,.0f}'
     return str(v)
+
+def _machine(d) -> str:
+    m = d.get('machine', '')
+    return ', '.join(f'{v}' for v in m.values()) if isinstance(m, dict) else str(m)
+
+def _cell(s) -> str: return str(s).replace('|', '\\|')
 
 def performance_rows(results_dir=RESULTS) -> list:
     "One row per figure: (benchmark, figure, value, unit, target, machine, command)."
     rows = []
     for d in load_results(results_dir):
-        machine = d.get('machine', '')
-        if isinstance(machine, dict): machine = ', '.join(f'{v}' for v in machine.values())
         for f in d['figures']:
             rows.append((d.get('benchmark', d['file']), f['name'], _fmt(f['value']), f.get('unit', ''),
-                         _fmt(f.get('target')) if f.get('target') is not None else '', machine, f.get('command', d.get('command', ''))))
+                         _fmt(f.get('target')) if f.get('target') is not None else '', _machine(d),
+                         f.get('command', d.get('command', ''))))
     return rows
 
-def performance_table(results_dir=RESULTS) -> str:
-    "The markdown table of every benchmark figure with its target, machine and command."
-    lines = ['| benchmark | figure | value | unit | target | machine | command |', '|---|---|---|---|---|---|---|']
-    lines += ['| ' + ' | '.join(str(c).replace('|', '\\|') if i != 6 else f'`{c}`' for i, c in enumerate(r)) + ' |'
-              for r in performance_rows(results_dir)]
+def _figures(results_dir=RESULTS) -> dict:
+    "{(file stem, figure name): figure dict}."
+    return {(d['file'][:-5], f['name']): f for d in load_results(results_dir) for f in d['figures']}
+
+def _with_unit(f) -> str:
+    u = f.get('unit', '')
+    return f"{_fmt(f['value'])}{'' if u in ('', 'x', 'ratio') else ' '}{'x' if u == 'ratio' else u}"
+
+def _target(f) -> str:
+    t = f.get('target')
+    if t is None: return ''
+    return _cell(t if isinstance(t, str) else f"<= {_fmt(t)}")
+
+def headline_rows(results_dir=RESULTS) -> list:
+    "The README's headline figures: (name, kdkit, target, anchor); a missing figure is an error naming it."
+    figs, rows = _figures(results_dir), []
+    for file, name, title, anchor, what in HEADLINES:
+        for key in [(file, name)] + ([(file, anchor)] if anchor else []):
+            if key not in figs: raise KeyError(f'bench/results/{key[0]}.json has no figure {key[1]!r} (rename it in bench/report.py HEADLINES)')
+        a = f'{_with_unit(figs[file, anchor])} ({what})' if anchor else ''
+        rows.append((title, _with_unit(figs[file, name]), _target(figs[file, name]), a))
+    return rows
+
+def headline_table(results_dir=RESULTS) -> str:
+    "The README's performance table: at most 12 headline figures, each with its target and anchor."
+    lines = ['| figure | kdkit | target | anchor |', '|---|---|---|---|']
+    lines += ['| ' + ' | '.join(_cell(c) for c in r) + ' |' for r in headline_rows(results_dir)]
     return '\n'.join(lines)
+
+def readable(name:str) -> str:
+    "A figure name for people: underscores to spaces, `v128256` to `V = 128256`, `rss` to `RSS`, `_cpu` to `(CPU)`."
+    s = re.sub(r'_v(\d+)$', r' (V = \1)', name)
+    s = re.sub(r'_(cpu|wall)$', r' (\1)', s).replace('_over_', ' / ').replace('_', ' ')
+    return re.sub(r'\brss\b', 'RSS', re.sub(r'\bkd\b', 'KD', re.sub(r'\bce\b', 'CE', s)))
+
+def bench_readme(results_dir=RESULTS) -> str:
+    "bench/README.md: every figure of every result file, grouped by benchmark and command."
+    out = ['<!-- generated from bench/results/*.json by tools/make_readme.py: rerun a benchmark, then that -->', '',
+           '# Benchmarks', '',
+           'Every figure the benchmarks under `bench/` wrote into `bench/results/`, with the command that produced it. Each',
+           'benchmark measures kdkit and its reference in the same run and states the machine; the headline figures are',
+           "in the project's README.", '']
+    for d in load_results(results_dir):
+        groups = {}
+        for f in d['figures']: groups.setdefault(f.get('command', d.get('command', '')), []).append(f)
+        out += [f"## {d.get('benchmark', d['file'])} (`bench/results/{d['file']}`)", '', f'Machine: {_machine(d)}.', '']
+        if d.get('config'): out += ['Config: ' + ', '.join(f'{k} {v}' for k, v in d['config'].items() if not isinstance(v, dict)) + '.', '']
+        for cmd, figs in groups.items():
+            out += [f'Command: `{cmd}`', '', '| figure | value | unit | target |', '|---|---|---|---|']
+            out += [f"| {_cell(readable(f['name']))} | {_fmt(f['value'])} | {_cell(f.get('unit', ''))} | {_target(f)} |" for f in figs]
+            out.append('')
+    return '\n'.join(out).rstrip() + '\n'
+
+def heldout_table(results:dict) -> str:
+    "A held-out comparison {model: {'ce', 'kl', 'top1_agreement'}} as a markdown table."
+    lines = ['| model | held-out CE | KL to teacher | top-1 agreement |', '|---|---|---|---|']
+    lines += [f"| {MODEL_NAMES.get(k, k)} | {r['ce']:.4f} | {r['kl']:.4f} | {r['top1_agreement']:.4f} |" for k, r in results.items()]
+    return '\n'.join(lines)
+
+def demo_table(path=Path(__file__).resolve().parents[1]/'docs'/'demo'/'results.json') -> str:
+    "The demo run's held-out comparison (docs/demo/results.json, copied from a `kdkit demo` run) as markdown."
+    return heldout_table(json.loads(Path(path).read_text())['results'])
 
 def real_teacher_table(results_dir=RESULTS) -> str:
     "The real-teacher run's held-out comparison (bench/results/real_teacher.json) as markdown, with its command."
     p = Path(results_dir)/'real_teacher.json'
     if not p.exists(): return '_The real-teacher run has not been recorded: run `python bench/bench_real_teacher.py`._'
     d = json.loads(p.read_text())
-    names = {'teacher': 'teacher', 'student_before': 'pruned student', 'student_kd': 'student after KD', 'student_ce_only': 'CE-only baseline'}
-    lines = ['| model | held-out CE | KL to teacher | top-1 agreement |', '|---|---|---|---|']
-    lines += [f"| {names.get(k, k)} | {r['ce']:.4f} | {r['kl']:.4f} | {r['top1_agreement']:.4f} |" for k, r in d['results'].items()]
-    return '\n'.join(lines) + f"\n\n{d.get('note', '')}\nCommand: `{d['command']}` ({d.get('machine', '')}, {d.get('seconds', '?')} s)."
+    return heldout_table(d['results']) + f"\n\n{d.get('note', '')}\nCommand: `{d['command']}` ({d.get('machine', '')}, {d.get('seconds', '?')} s)."
