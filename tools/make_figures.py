@@ -26,11 +26,9 @@ def demo_figure():
     "The demo's held-out CE and KL of the KD student and the CE-only baseline, the teacher's CE as a line."
     from kdkit.plots import load_history, plot_eval_comparison
     res = json.loads((DEMO/'results.json').read_text())['results']
-    before = res['student_before']  # both runs start from the same pruned student: its scores are their step 0
-    start = {'step': 0, 'eval_ce_loss': before['ce'], 'eval_kd_loss': before['kl']}
     runs = {'KD (alpha 0.5)': load_history(DEMO/'history.jsonl'), 'CE only': load_history(DEMO/'history_ce_only.jsonl')}
-    runs = {k: [dict(start, stage=h[0].get('stage'))] + h for k, h in runs.items()}
-    return plot_eval_comparison(runs, teacher_ce=res['teacher']['ce'])
+    # both runs start from the same pruned student: its scores are their step 0
+    return plot_eval_comparison(runs, teacher_ce=res['teacher']['ce'], start=res['student_before'])
 
 def real_teacher_figure():
     "The real-teacher run's held-out CE, KL and top-1 agreement per model, from bench/results/real_teacher.json."
