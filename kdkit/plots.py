@@ -52,7 +52,7 @@ def synthetic_log_history(steps:tuple=(40, 40), # steps per stage
             if step % eval_every == 0: evaluate(step, name)
     return hist
 
-# %% ../nbs/09_plots.ipynb #d9be0c35
+# %% ../nbs/09_plots.ipynb #ce4d6df4
 def load_history(path, # a JSONL file with one log entry per line (a run's `history.jsonl`)
                 ) -> list:
     "A log history read back from a JSONL file, one dict per line."
@@ -72,7 +72,7 @@ def _check_history(log_history):
     if not isinstance(log_history, (list, tuple)) or not all(isinstance(e, dict) for e in log_history):
         raise TypeError(f"log_history must be a list of dicts (trainer.state.log_history), got {type(log_history).__name__}")
 
-# %% ../nbs/09_plots.ipynb #87b3eaef
+# %% ../nbs/09_plots.ipynb #6702002e
 def stage_steps(log_history:list, # `trainer.state.log_history`
                ) -> list:
     "(global step, stage name or None) for each entry of `log_history`."
@@ -88,7 +88,7 @@ def stage_steps(log_history:list, # `trainer.state.log_history`
         out.append((x, stage))
     return out
 
-# %% ../nbs/09_plots.ipynb #42629dbe
+# %% ../nbs/09_plots.ipynb #a41fb4db
 def stage_spans(log_history:list, # `trainer.state.log_history`
                ) -> list:
     "[(stage name, start step, end step)] for consecutive runs of the same stage (empty when no entry names one)."
@@ -105,12 +105,12 @@ EVAL_KEYS = ('eval_loss', 'eval_ce_loss', 'eval_kd_loss')
 COLORS = {'loss': 'C0', 'ce_loss': 'C1', 'kd_loss': 'C2'}
 DPI = 72  # figure resolution on screen (notebook outputs stay small)
 
-# %% ../nbs/09_plots.ipynb #d8596719
+# %% ../nbs/09_plots.ipynb #8aed27d2
 def _is_num(v) -> bool:
     "True for a finite real number (not a bool)."
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
-# %% ../nbs/09_plots.ipynb #cead32d0
+# %% ../nbs/09_plots.ipynb #449cf202
 def series(log_history:list, # `trainer.state.log_history`
            key:str, # the log key, e.g. 'eval_ce_loss'
           ) -> tuple:
@@ -120,7 +120,7 @@ def series(log_history:list, # `trainer.state.log_history`
         if _is_num(e.get(key)): xs.append(x); ys.append(float(e[key]))
     return xs, ys
 
-# %% ../nbs/09_plots.ipynb #ea14e6b7
+# %% ../nbs/09_plots.ipynb #f743ba11
 def shade_stages(ax, # a matplotlib Axes
                  log_history:list, # `trainer.state.log_history`
                  label:bool=True, # write each stage's name at the top
@@ -131,12 +131,12 @@ def shade_stages(ax, # a matplotlib Axes
         ax.axvspan(a, b, color='0.5' if i % 2 else 'C0', alpha=0.08, lw=0)
         if label: ax.text((a + b) / 2, 0.98, str(name), transform=tr, ha='center', va='top', fontsize=9, color='0.25')
 
-# %% ../nbs/09_plots.ipynb #e138dc70
+# %% ../nbs/09_plots.ipynb #caafabad
 def _empty(ax, what):
     "Say on `ax` that nothing was logged yet."
     ax.text(0.5, 0.5, f"no {what} logged yet", transform=ax.transAxes, ha='center', va='center', color='0.4')
 
-# %% ../nbs/09_plots.ipynb #9471a9ae
+# %% ../nbs/09_plots.ipynb #b45eb589
 def robust_ylim(xs:list, # x of every point on the axes (all lines together)
                 ys:list, # y of the same points
                 keep:tuple=(), # y values that must stay inside (reference lines)
@@ -154,7 +154,7 @@ def robust_ylim(xs:list, # x of every point on the axes (all lines together)
     if max(y for _, y in pts) - lo <= squeeze * span: return None
     return lo - 0.08 * span, hi + 0.3 * span
 
-# %% ../nbs/09_plots.ipynb #1e6684fc
+# %% ../nbs/09_plots.ipynb #4eeae4c6
 def clip_ylim(ax, # a matplotlib Axes with its lines drawn
               head:float=0.1, # as in `robust_ylim`
               squeeze:float=2.5, # as in `robust_ylim`
@@ -208,10 +208,10 @@ def plot_losses(log_history:list, # `trainer.state.log_history`
     axes[-1].set_xlabel('step')
     return fig
 
-# %% ../nbs/09_plots.ipynb #9b8d344d
+# %% ../nbs/09_plots.ipynb #81abe1b9
 EVAL_PANELS = {'eval_ce_loss': 'held-out CE (nats/token)', 'eval_kd_loss': 'held-out KL to the teacher (nats/token)'}
 
-# %% ../nbs/09_plots.ipynb #cda472d2
+# %% ../nbs/09_plots.ipynb #4fb0c5e4
 def _to_x(log_history, steps, x, tokens_per_step):
     "The x values of `steps`: the steps themselves, or the tokens seen by then."
     if x == 'step': return steps
@@ -221,7 +221,7 @@ def _to_x(log_history, steps, x, tokens_per_step):
                                      "that logs num_input_tokens_seen (TrainingArguments.include_num_input_tokens_seen)")
     return list(np.interp(steps, [0] + seen[0], [0] + seen[1]))
 
-# %% ../nbs/09_plots.ipynb #9038e59b
+# %% ../nbs/09_plots.ipynb #8efe1d51
 def plot_eval_comparison(histories:dict, # {run name: log history}, e.g. {'KD': ..., 'CE only': ...}
                          teacher_ce:float=None, # the teacher's held-out CE, drawn as a reference line
                          x:str='step', # 'step' or 'tokens'
@@ -260,7 +260,7 @@ def lr_keys(log_history:list, # `trainer.state.log_history`
     "The `lr/<rule name>` keys of `log_history`, in order of first appearance."
     return list(dict.fromkeys(k for e in log_history for k in e if k.startswith('lr/')))
 
-# %% ../nbs/09_plots.ipynb #29458cca
+# %% ../nbs/09_plots.ipynb #9b0981a2
 def lr_series(log_history:list, # `trainer.state.log_history`
               key:str, # an `lr/<rule name>` key, or 'learning_rate'
              ) -> tuple:
@@ -269,12 +269,12 @@ def lr_series(log_history:list, # `trainer.state.log_history`
             if any(k.startswith('lr/') or k == 'learning_rate' for k in e)]
     return [x for x, _ in rows], [float(e[key]) if _is_num(e.get(key)) else math.nan for _, e in rows]
 
-# %% ../nbs/09_plots.ipynb #29e409c0
+# %% ../nbs/09_plots.ipynb #200c6906
 def _same(a, b) -> bool:
     "Equal rates, or both absent (NaN)."
     return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
 
-# %% ../nbs/09_plots.ipynb #c987566a
+# %% ../nbs/09_plots.ipynb #776f59d2
 def lr_coincidences(log_history:list, # `trainer.state.log_history`
                    ) -> dict:
     "{group: the earlier group whose learning rate it equals at every logged step}, by rule name."
@@ -286,16 +286,16 @@ def lr_coincidences(log_history:list, # `trainer.state.log_history`
         else: seen[k] = ys
     return out
 
-# %% ../nbs/09_plots.ipynb #5dde82a9
+# %% ../nbs/09_plots.ipynb #fab5b625
 LINE_STYLES = (('-', None), ('--', 'o'), (':', 's'), ('-.', '^'), ((0, (6, 2, 1, 2)), 'D'))  # a line over others: next style
 
-# %% ../nbs/09_plots.ipynb #a541222a
+# %% ../nbs/09_plots.ipynb #462c83ca
 def _overlap(a, b) -> float:
     "The share of the steps where both rates are logged at which they are equal."
     both = [(p, q) for p, q in zip(a, b) if math.isfinite(p) and math.isfinite(q)]
     return sum(_same(p, q) for p, q in both) / len(both) if both else 0.0
 
-# %% ../nbs/09_plots.ipynb #55b2a20e
+# %% ../nbs/09_plots.ipynb #705ccfec
 def plot_lr_groups(log_history:list, # `trainer.state.log_history`
                    figsize:tuple=(8, 3.0), # width, height in inches
                   ) -> Figure:
@@ -351,10 +351,10 @@ def plot_group_plan(manager, # a `kdkit.param_groups.ParameterGroupManager`
     ax.set_title(f"parameter groups: {t['trainable']:,} of {t['parameters']:,} parameters train", fontsize=10)
     return fig
 
-# %% ../nbs/09_plots.ipynb #479914b2
+# %% ../nbs/09_plots.ipynb #518bdc3f
 HELDOUT_MEASURES = {'ce': 'held-out CE', 'kl': 'KL to the teacher', 'top1_agreement': 'top-1 agreement'}
 
-# %% ../nbs/09_plots.ipynb #6a2cf01a
+# %% ../nbs/09_plots.ipynb #49492435
 def plot_heldout_results(results:dict, # {model: {'ce': ..., 'kl': ..., 'top1_agreement': ...}}, as in metrics.json
                          names:dict=None, # display names, {model key: name}
                          figsize:tuple=(9, None), # width, height in inches (None: from the number of models)
@@ -391,10 +391,10 @@ def in_notebook() -> bool:
     ip = get_ipython()
     return ip is not None and 'IPKernelApp' in getattr(ip, 'config', {})
 
-# %% ../nbs/09_plots.ipynb #4aca94e5
+# %% ../nbs/09_plots.ipynb #2f89dc57
 def _fmt(v): return f"{v:.4g}" if isinstance(v, numbers.Real) else str(v)
 
-# %% ../nbs/09_plots.ipynb #49367690
+# %% ../nbs/09_plots.ipynb #ecea8220
 def progress_line(state, # a `TrainerState` (or anything with log_history, global_step, max_steps)
                  ) -> str:
     "One line: step/max_steps, stage, and the latest loss values of `state.log_history`."
@@ -421,7 +421,7 @@ class LiveDashboard(TrainerCallback):
         self.min_interval, self.max_overhead, self.next_draw = min_interval, max_overhead, -math.inf
         self.use_widgets, self.widget, self.handles, self.figures, self.progress = widgets, None, None, {}, ''
 
-# %% ../nbs/09_plots.ipynb #14ce85bd
+# %% ../nbs/09_plots.ipynb #7a5413d3
 @patch
 def _show_widgets(self:LiveDashboard):
     "Create the widgets (once) and display them."
@@ -431,7 +431,7 @@ def _show_widgets(self:LiveDashboard):
     self.widget = widgets.VBox([self._line, self._out])
     display(self.widget)
 
-# %% ../nbs/09_plots.ipynb #55d49322
+# %% ../nbs/09_plots.ipynb #60f8fa62
 @patch
 def _frames(self:LiveDashboard):
     "The progress line and each figure as display objects (PNG images, no formatter needed)."
@@ -441,7 +441,7 @@ def _frames(self:LiveDashboard):
         buf = io.BytesIO(); f.savefig(buf, format='png', dpi=DPI); out.append(Image(data=buf.getvalue()))
     return out
 
-# %% ../nbs/09_plots.ipynb #c41d1cd1
+# %% ../nbs/09_plots.ipynb #ed386d0d
 @patch
 def _update_displays(self:LiveDashboard):
     "Show the frames in display outputs created on the first draw and updated in place afterwards."
@@ -451,7 +451,7 @@ def _update_displays(self:LiveDashboard):
     else:
         for h, x in zip(self.handles, frames): h.update(x)
 
-# %% ../nbs/09_plots.ipynb #465eb93f
+# %% ../nbs/09_plots.ipynb #06ddac95
 @patch
 def redraw(self:LiveDashboard, state):
     "Rebuild the figures and progress line from `state`, and show them when in a notebook."
@@ -469,13 +469,13 @@ def redraw(self:LiveDashboard, state):
     t1 = time.monotonic()  # drawing took t1 - t0: wait long enough that it stays a small share of the run
     self.next_draw = t1 + max(self.min_interval, (t1 - t0) * (1 / self.max_overhead - 1))
 
-# %% ../nbs/09_plots.ipynb #bda83f85
+# %% ../nbs/09_plots.ipynb #d190d587
 @patch
 def on_log(self:LiveDashboard, args, state, control, **kwargs):
     "Redraw on a logging step, unless the last redraw was too recent."
     if self.enabled and state.is_world_process_zero and time.monotonic() >= self.next_draw: self.redraw(state)
 
-# %% ../nbs/09_plots.ipynb #89f8b1a4
+# %% ../nbs/09_plots.ipynb #cd0baa2c
 @patch
 def on_train_end(self:LiveDashboard, args, state, control, **kwargs):
     "Always redraw at the end of training."
