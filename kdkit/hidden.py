@@ -13,18 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from .losses import scored_rows
-from .models import ORIGIN_KEY, decoder_layers_path
+from .models import ORIGIN_KEY, _hidden_of, decoder_layers_path
 
 # %% auto #0
 __all__ = ['HIDDEN_LOSSES', 'PROJECTIONS_FILE', 'layer_outputs', 'hidden_layer_pairs', 'hidden_state_loss', 'HiddenProjections',
            'save_projections', 'load_projections']
 
 # %% ../nbs/13_hidden.ipynb #f692ff95
-def _hidden_of(out):
-    "The hidden-state tensor of a layer's or decoder's output (a tensor, a tuple, or a ModelOutput)."
-    if isinstance(out, torch.Tensor): return out
-    return out.last_hidden_state if hasattr(out, 'last_hidden_state') else out[0]
-
 @contextlib.contextmanager
 def layer_outputs(model, # a causal LM (unwrapped from DDP/FSDP wrappers by the caller)
                   layers:Sequence[int], # decoder layer indices; -1 = the decoder's final output (after the final norm)

@@ -6,7 +6,7 @@ Docs: https://kdkit.github.io/kdkit/models.html.md"""
 
 # %% ../nbs/01_models.ipynb #e88edb17
 from __future__ import annotations
-import copy, functools, importlib.metadata
+import copy, functools, importlib.metadata, math
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from .losses import dense_distillation_loss, scored_rows
 __all__ = ['TINY_ARCHS', 'ORIGIN_KEY', 'DROP_SPECS', 'MODEL_SPECS', 'TOKEN_FIELDS', 'tiny_model', 'load_demo_teacher',
            'smollm2_gguf_path', 'load_smollm2', 'decoder_layers_path', 'layer_origin', 'drop_layers', 'dropped_layers',
            'load_student_model', 'load_model', 'load_tokenizer', 'check_plain_lm_head', 'model_lm_head',
-           'model_hidden_states', 'output_width', 'evaluate_distillation', 'full_lm_head']
+           'model_hidden_states', 'output_width', 'evaluate_distillation', 'full_lm_head', 'layer_importance']
 
 # %% ../nbs/01_models.ipynb #396811fa
 TINY_ARCHS = ('llama', 'qwen2', 'gpt2')
@@ -114,7 +114,7 @@ def drop_layers(model, # a causal LM (changed in place)
     return model
 
 # %% ../nbs/01_models.ipynb #62dab0bc
-DROP_SPECS = "'every_other', 'second_half', 'last:N', or the layer indices to drop ('1,3' or a list)"
+DROP_SPECS = "'every_other', 'second_half', 'last:N', 'angular:N', or the layer indices to drop ('1,3' or a list)"
 
 def dropped_layers(drop, # a drop spec (see DROP_SPECS)
                    n:int, # the model's decoder layers
@@ -122,6 +122,8 @@ def dropped_layers(drop, # a drop spec (see DROP_SPECS)
     "The sorted layer indices a drop spec removes from an `n`-layer model."
     if isinstance(drop, str) and drop == 'every_other': return list(range(1, n, 2))
     if isinstance(drop, str) and drop == 'second_half': return list(range(n // 2, n))
+    if isinstance(drop, str) and drop.startswith('angular:'):
+        raise ValueError(f"drop={drop!r} measures the model: use load_student_model(teacher, drop={drop!r}, blocks=sample_blocks)")
     if isinstance(drop, str) and drop.startswith('last:'):
         try: k = int(drop[5:])
         except ValueError: k = -1
@@ -136,15 +138,20 @@ def dropped_layers(drop, # a drop spec (see DROP_SPECS)
 # %% ../nbs/01_models.ipynb #5005317e
 def load_student_model(model_or_path, # a path/Hub id of a student, or a teacher model to compress
                        drop:str|list=None, # a drop spec (see DROP_SPECS); None keeps every layer
-                       dtype=torch.float32):
+                       dtype=torch.float32,
+                       blocks=None, # sample blocks for 'angular:N' (a dataset or list of rows with input_ids)
+                      ):
     "Load a student from a path, or make one from a teacher by dropping decoder layers (the teacher is not changed)."
     if isinstance(model_or_path, (str, Path)):
         model = AutoModelForCausalLM.from_pretrained(model_or_path, dtype=dtype)
     else: model = copy.deepcopy(model_or_path).to(dtype)
     if drop is None: return model
     n = len(model.get_submodule(decoder_layers_path(model)))
-    gone = dropped_layers(drop, n)
-    return drop_layers(model, [i for i in range(n) if i not in gone])
+    gone = _angular_block(model, drop, blocks) if isinstance(drop, str) and drop.startswith('angular:') else dropped_layers(drop, n)
+    origin = layer_origin(model)
+    model = drop_layers(model, [i for i in range(n) if i not in gone])
+    model.config.kdkit_dropped_layers = sorted(set(getattr(model.config, 'kdkit_dropped_layers', None) or []) | {origin[i] for i in gone})
+    return model
 
 # %% ../nbs/01_models.ipynb #63771eb1
 MODEL_SPECS = "'demo', 'smollm2', a model folder or Hub id, or 'drop:<drop spec>' (a student pruned from the teacher)"
@@ -153,6 +160,7 @@ def load_model(spec:str, # see MODEL_SPECS
                teacher=None, # the teacher a 'drop:' spec prunes
                dtype=torch.float32, # parameter dtype
                gguf_file:str=None, # a GGUF file inside the folder `spec`
+               blocks=None, # sample blocks for 'drop:angular:N'
               ) -> nn.Module:
     "The causal LM a spec names."
     if not isinstance(spec, (str, Path)) or not str(spec): raise ValueError(f"model spec {spec!r}: use {MODEL_SPECS}")
@@ -161,7 +169,7 @@ def load_model(spec:str, # see MODEL_SPECS
     if spec == 'smollm2': return load_smollm2(dtype)[0]
     if spec.startswith('drop:'):
         if teacher is None: raise ValueError(f"model spec {spec!r} prunes a teacher: pass teacher=")
-        return load_student_model(teacher, drop=spec[len('drop:'):], dtype=dtype)
+        return load_student_model(teacher, drop=spec[len('drop:'):], dtype=dtype, blocks=blocks)
     kw = dict(gguf_file=gguf_file) if gguf_file else {}
     try: return AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, **kw)
     except OSError as e: raise ValueError(f"model spec {spec!r}: not a model folder or a Hub id that loads ({e}); use {MODEL_SPECS}") from None
@@ -348,3 +356,52 @@ def full_lm_head(model, # a causal LM, plain, under FSDP2 (`fully_shard`) or Dee
         yield head.weight, head.bias
     finally:
         if resharded: owner.reshard()                                    # free the gathered weight: the fused loss no longer needs it
+
+# %% ../nbs/01_models.ipynb #d5e036bf
+def _hidden_of(out):
+    "The hidden-state tensor of a layer's output (a tensor, a tuple, or a ModelOutput)."
+    if isinstance(out, torch.Tensor): return out
+    return out.last_hidden_state if hasattr(out, 'last_hidden_state') else out[0]
+
+# %% ../nbs/01_models.ipynb #1c8500bb
+@torch.no_grad()
+def layer_importance(model, # a causal LM
+                     blocks, # sample blocks: a dataset or list of rows with input_ids (and attention_mask)
+                     n:int=1, # block length for the angular distance
+                     batch_size:int=8, # sequences per forward
+                    ) -> dict:
+    "Angular distance of every block of `n` layers ({'angular': [L-n+1]}) and each layer's influence ({'influence': [L]})."
+    mods = model.get_submodule(decoder_layers_path(model)); L = len(mods)
+    if not 1 <= n < L: raise ValueError(f'layer_importance: n={n} must be in [1, {L - 1}] for a {L}-layer model')
+    ins, outs, hooks = {}, {}, []
+    for i, mod in enumerate(mods):
+        hooks.append(mod.register_forward_pre_hook(lambda m, a, kw, i=i: ins.__setitem__(i, a[0] if a else kw['hidden_states']), with_kwargs=True))
+        hooks.append(mod.register_forward_hook(lambda m, a, out, i=i: outs.__setitem__(i, _hidden_of(out))))
+    dev, was = next(model.parameters()).device, model.training
+    ang, infl, count = torch.zeros(L - n + 1, dtype=torch.float64), torch.zeros(L, dtype=torch.float64), 0
+    model.eval()
+    try:
+        for b in torch.utils.data.DataLoader(blocks, batch_size=batch_size, collate_fn=_token_batch):
+            mask = b.get('attention_mask', torch.ones_like(b['input_ids'])).to(dev).bool()
+            model(input_ids=b['input_ids'].to(dev), attention_mask=mask.long())
+            cos = lambda a, c: F.cosine_similarity(a[mask].double(), c[mask].double(), dim=-1).clamp(-1, 1)  # [tokens]
+            ang += torch.stack([torch.arccos(cos(ins[l], outs[l + n - 1])).sum() / math.pi for l in range(L - n + 1)]).cpu()
+            infl += torch.stack([(1 - cos(ins[l], outs[l])).sum() for l in range(L)]).cpu()
+            count += int(mask.sum())
+    finally:
+        for h in hooks: h.remove()
+        model.train(was)
+    if count == 0: raise ValueError('layer_importance: the sample blocks hold no tokens')
+    return dict(angular=(ang / count).tolist(), influence=(infl / count).tolist(), n=n, tokens=count)
+
+# %% ../nbs/01_models.ipynb #9851ef3b
+def _angular_block(model, drop:str, blocks) -> list:
+    "The layers an 'angular:N' spec drops: the block of N with the smallest angular distance on `blocks` (printed)."
+    try: n = int(drop.split(':', 1)[1])
+    except ValueError: raise ValueError(f"drop={drop!r}: N must be an integer") from None
+    if blocks is None: raise ValueError(f"drop={drop!r} measures the model on sample blocks: pass blocks= (a few training blocks)")
+    dist = layer_importance(model, blocks, n)['angular']
+    start = min(range(len(dist)), key=dist.__getitem__)
+    print(f"angular:{n} drops layers {start}..{start + n - 1} (angular distance {dist[start]:.4f}; "
+          f"blocks range {min(dist):.4f}..{max(dist):.4f})")
+    return list(range(start, start + n))
