@@ -6,7 +6,7 @@ Docs: https://kdkit.github.io/kdkit/cache_writer.html.md"""
 
 # %% ../nbs/05_cache_writer.ipynb #bcbaec49
 from __future__ import annotations
-import os, json, time, shutil, hashlib
+import os, json, time, shutil, hashlib, fcntl, contextlib
 from pathlib import Path
 from typing import Sequence
 import numpy as np
@@ -148,6 +148,18 @@ def _logit_chunks(self:TeacherLogitsGenerator, x, m):
     for i in range(0, B, g):
         for c0 in range(0, S, c): yield i, c0, logits(i, c0)
 
+# %% ../nbs/05_cache_writer.ipynb #66873225
+def _check_finite(bad:torch.Tensor, # [g,c] True where the teacher's output is not usable
+                  start:int, # global index of the chunk's first sequence
+                  c0:int, # the chunk's first position
+                 ):
+    "CacheError naming the first sequence and position whose teacher output is NaN or infinite."
+    if not bool(bad.any()): return
+    i, t = (int(v) for v in bad.nonzero()[0])
+    raise CacheError(f'the teacher output for sequence {start + i} (position {c0 + t}) is not finite (NaN or inf logits, '
+                     f'{int(bad.sum())} position(s) in this chunk); nothing of its segment was written: check the teacher '
+                     '(weights, dtype overflow) before caching')
+
 # %% ../nbs/05_cache_writer.ipynb #bbf876ba
 @patch
 @torch.inference_mode()
@@ -155,8 +167,13 @@ def _targets(self:TeacherLogitsGenerator, x, m, start:int, meta:dict) -> dict:
     "Encoded targets [B,S,...] for a batch of sequences starting at global index `start`."
     groups = {}  # first sequence -> encoded chunks [g,c,...] in position order
     for i, c0, z in self._logit_chunks(x, m):
-        if self.mode == 'topk': enc = encode_targets(topk_targets(z, self.k, self.temperatures, chunk_size=32), meta)
+        if self.mode == 'topk':
+            t = topk_targets(z, self.k, self.temperatures, chunk_size=32)
+            _check_finite(t['teacher_logprobs'][..., 0].isnan() | ~t['teacher_lse'].isfinite().all(-1)
+                          | t['teacher_tail_logprob'].isnan() | (t['teacher_tail_logprob'] > 0), start + i, c0)
+            enc = encode_targets(t, meta)
         else:  # one generator per (sequence, chunk)
+            _check_finite((z.isnan() | z.isposinf()).any(-1), start + i, c0)
             seqs = [encode_targets(sample_targets(z[j:j + 1], self.n_samples, self.temperatures[0], chunk_size=32,
                                                   generator=torch.Generator(device=z.device).manual_seed(sample_seed(self.seed, start + i + j, c0))),
                                    meta) for j in range(len(z))]
@@ -282,6 +299,25 @@ def _finish(path:Path, parts:Path, segs:list, meta:dict, rank:int):
     else:
         while not path.exists() or parts.exists(): time.sleep(0.2)
 
+# %% ../nbs/05_cache_writer.ipynb #d7f858c1
+@contextlib.contextmanager
+def _output_lock(path:Path, rank:int):
+    "Hold an exclusive lock on `path`'s lock file for this rank while the block runs; CacheError when another writer holds it."
+    lock = path.with_name(path.name + ('.lock' if rank == 0 else f'.rank{rank}.lock'))
+    while True:
+        fh = open(lock, 'a+')
+        try: fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0); holder = fh.read().strip() or 'another process'; fh.close()
+            raise CacheError(f'{path} is being written by {holder} (it holds {lock.name}); wait for it to finish or write to another path') from None
+        if lock.exists() and os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino: break
+        fh.close()  # the file was removed by a writer that just finished: lock the new one
+    fh.truncate(0); fh.write(f'process {os.getpid()}'); fh.flush()
+    try: yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+        fh.close()
+
 # %% ../nbs/05_cache_writer.ipynb #a7c19225
 @patch
 def generate(self:TeacherLogitsGenerator, dataset, # tokenised blocks: input_ids [N,S] (+ attention_mask, labels)
@@ -292,12 +328,13 @@ def generate(self:TeacherLogitsGenerator, dataset, # tokenised blocks: input_ids
     "Cache the teacher's targets for every position of `dataset` in `path`; returns `path`."
     path, rows = Path(path), _Rows(dataset, 'dataset')
     meta = self.metadata(rows)
-    if _check_output(path, meta, resume, overwrite): return path                          # 1. check
     rank, world = _dist_info()
-    parts = _prepare_parts(path, meta, resume, rank)                                        # 2. plan
-    segs = plan_segments(rows.n, self.segment_size)
-    mine = [s for j, s in enumerate(segs) if j % world == rank and not segment_path(parts, *s).exists()]
-    desc = f'caching {path.name}' + (f' [rank {rank}/{world}]' if world > 1 else '')
-    self._write_segments(rows, meta, parts, mine, desc)                                     # 3. compute and write
-    _finish(path, parts, segs, meta, rank)                                                  # 4. merge
+    with _output_lock(path, rank):
+        if _check_output(path, meta, resume, overwrite): return path                      # 1. check
+        parts = _prepare_parts(path, meta, resume, rank)                                    # 2. plan
+        segs = plan_segments(rows.n, self.segment_size)
+        mine = [s for j, s in enumerate(segs) if j % world == rank and not segment_path(parts, *s).exists()]
+        desc = f'caching {path.name}' + (f' [rank {rank}/{world}]' if world > 1 else '')
+        self._write_segments(rows, meta, parts, mine, desc)                                 # 3. compute and write
+        _finish(path, parts, segs, meta, rank)                                              # 4. merge
     return path

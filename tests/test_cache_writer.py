@@ -1,6 +1,6 @@
 """TeacherLogitsGenerator: targets equal topk_targets, codecs, sample mode, real SIGKILLs then resume, torchrun sharding,
 chunking, bad input, what it never touches, memory and dtypes."""
-import os, sys, json, shutil, signal, subprocess, hashlib
+import os, sys, json, shutil, signal, subprocess, hashlib, time
 from pathlib import Path
 import numpy as np
 import pytest
@@ -276,3 +276,50 @@ def test_smollm2_cache_real_text(tmp_path):
     torch.testing.assert_close(b['teacher_tail_logprob'], r['teacher_tail_logprob'], atol=1e-4, rtol=0)
     info = inspect_cache(p, tokenizer=tok)
     assert info['mean_topk_mass'] > 0.5 and info['bytes_per_entry'] < 4
+
+# ---------------------------------------------------------------- one writer at a time
+def _start_worker(out, *args):
+    return subprocess.Popen([sys.executable, str(HERE / 'cache_worker.py'), str(out), *args], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+def test_second_writer_is_refused_and_never_touches_the_first(tmp_path, ref):
+    "While a writer runs, a second one (resume, restart or overwrite) gets a CacheError; the first finishes an identical cache."
+    out = tmp_path / 'c.h5'
+    p = _start_worker(out, '--sleep', '0.1')
+    lock = Path(str(out) + '.lock')
+    deadline = time.time() + 120
+    while not (lock.exists() and lock.read_text().startswith('process')):  # locked (the holder writes its pid after flock)
+        assert p.poll() is None and time.time() < deadline, p.stderr.read() if p.poll() is not None else 'no lock'
+        time.sleep(0.02)
+    for kw in ({}, dict(resume=False), dict(overwrite=True)):
+        with pytest.raises(CacheError, match=r'c.h5 is being written by process \d+ \(it holds c.h5.lock\)'):
+            W.make_generator().generate(W.toy_blocks(), out, **kw)
+    assert p.wait(timeout=300) == 0, p.stderr.read()[-3000:]
+    assert_same_cache(ref, out)
+    assert not lock.exists() and not Path(str(out) + '.parts').exists()
+
+def test_two_writers_started_together(tmp_path, ref):
+    "Two runs on one output at the same moment: one writes, the other is refused or finds the finished cache; never a mixed file."
+    out = tmp_path / 'c.h5'
+    ps = [_start_worker(out, '--sleep', '0.02') for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in ps]
+    assert any(rc == 0 for rc, _ in results), results
+    for rc, err in results: assert rc == 0 or 'is being written by process' in err, err[-2000:]
+    assert_same_cache(ref, out)
+
+# ---------------------------------------------------------------- a broken teacher
+@pytest.mark.parametrize('mode', ['topk', 'sample'])
+def test_nan_teacher_is_refused_naming_the_sequence(tmp_path, mode):
+    "A NaN in the teacher's output stops the run at its sequence and position; finished segments stay; a fixed teacher resumes."
+    t = W.tiny_llama()
+    data = W.toy_blocks()
+    data['input_ids'][data['input_ids'] == 299] = 298
+    data['input_ids'][9, 5] = 299  # only sequence 9 holds token 299
+    with torch.no_grad(): t.model.embed_tokens.weight[299] = float('nan')
+    out = tmp_path / 'c.h5'
+    with pytest.raises(CacheError, match=r'sequence 9 \(position \d+\) is not finite'): W.make_generator(mode, teacher=t).generate(data, out)
+    parts = Path(str(out) + '.parts')
+    assert not out.exists() and sorted(p.name for p in parts.glob('seg-*.h5')) == ['seg-000000000-000000004.h5', 'seg-000000004-000000008.h5']
+    with torch.no_grad(): t.model.embed_tokens.weight[299] = 0.
+    W.make_generator(mode, teacher=t).generate(data, out)
+    assert len(CachedLogitsDataset(out)) == W.N
