@@ -16,9 +16,10 @@ p.add_argument('--out', required=True)
 a = p.parse_args()
 torch.set_num_threads(1)
 V, B, S, H = 96, 4, 12, 32
-CASES = {  # name: (tied lm_head, lm_head with a bias, lm_head sharded in its own group)
-    'tied head in the root group': (True, False, False),
-    'own head group with bias': (False, True, True)}
+CASES = {  # name: (tied lm_head, lm_head with a bias, how the lm_head is grouped)
+    'tied head in the root group': (True, False, 'root'),
+    'own head group with bias': (False, True, 'own'),
+    'accelerate layout': (False, False, 'accelerate')}  # embed alone; [final norm, lm_head] one group kept unsharded after forward
 
 def make(tie, bias):
     "The same seeded tiny Llama on every rank (a biased lm_head swapped in when asked)."
@@ -57,7 +58,10 @@ for name, (tie, bias, own) in CASES.items():
     gref = {n: q.grad for n, q in ref.named_parameters()}
     m = make(tie, bias)
     for layer in m.model.layers: fully_shard(layer)
-    if own: fully_shard(m.lm_head)
+    if own == 'own': fully_shard(m.lm_head)
+    if own == 'accelerate':  # what accelerate's fsdp2_prepare_model does for an untied model
+        fully_shard(m.model.embed_tokens)
+        fully_shard([m.model.norm, m.lm_head], reshard_after_forward=False)
     fully_shard(m)
     rows = slice(rank * B // world, (rank + 1) * B // world)
     part = {k: v[rows] if v.ndim > 1 else v for k, v in t.items()}
