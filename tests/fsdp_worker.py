@@ -16,10 +16,11 @@ p.add_argument('--out', required=True)
 a = p.parse_args()
 torch.set_num_threads(1)
 V, B, S, H = 96, 4, 12, 32
-CASES = {  # name: (tied lm_head, lm_head with a bias, how the lm_head is grouped)
-    'tied head in the root group': (True, False, 'root'),
-    'own head group with bias': (False, True, 'own'),
-    'accelerate layout': (False, False, 'accelerate')}  # embed alone; [final norm, lm_head] one group kept unsharded after forward
+CASES = {  # name: (tied lm_head, lm_head with a bias, how the lm_head is grouped, micro-batches per rank)
+    'tied head in the root group': (True, False, 'root', 1),
+    'own head group with bias': (False, True, 'own', 1),
+    'accelerate layout': (False, False, 'accelerate', 1),  # embed alone; [final norm, lm_head] one group kept unsharded after forward
+    'own head group, 2 accumulated micro-batches': (False, True, 'own', 2)}  # gradient sync only on the last
 
 def make(tie, bias):
     "The same seeded tiny Llama on every rank (a biased lm_head swapped in when asked)."
@@ -52,7 +53,7 @@ rank, world = dist.get_rank(), dist.get_world_size()
 x, y, t = batch()
 N = int((y[:, 1:] != -100).sum())  # num_items_in_batch: the valid tokens across both ranks
 out = {}
-for name, (tie, bias, own) in CASES.items():
+for name, (tie, bias, own, micro) in CASES.items():
     ref = make(tie, bias)
     lref, _ = step(ref, x, y, t, N)
     gref = {n: q.grad for n, q in ref.named_parameters()}
@@ -63,9 +64,14 @@ for name, (tie, bias, own) in CASES.items():
         fully_shard(m.model.embed_tokens)
         fully_shard([m.model.norm, m.lm_head], reshard_after_forward=False)
     fully_shard(m)
-    rows = slice(rank * B // world, (rank + 1) * B // world)
-    part = {k: v[rows] if v.ndim > 1 else v for k, v in t.items()}
-    loss, gathered = step(m, x[rows], y[rows], part, N, scale=world)
+    per = B // world // micro
+    loss = torch.zeros(())
+    for j in range(micro):
+        rows = slice(rank * B // world + j * per, rank * B // world + (j + 1) * per)
+        part = {k: v[rows] if v.ndim > 1 else v for k, v in t.items()}
+        m.set_requires_gradient_sync(j == micro - 1)  # reduce-scatter once, after the last micro-batch
+        l, gathered = step(m, x[rows], y[rows], part, N, scale=world)
+        loss += l
     sharded_after = isinstance(m.lm_head.weight, DTensor)
     dist.all_reduce(loss)
     diffs = {n: (q.grad.full_tensor() - gref[n]).abs().max().item() for n, q in m.named_parameters()}

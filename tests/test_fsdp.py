@@ -17,7 +17,8 @@ def two_ranks(tmp_path_factory):
     assert r.returncode == 0, f'{cmd} exited {r.returncode}:\n{r.stderr[-4000:]}'
     return json.loads(out.read_text())
 
-@pytest.mark.parametrize('case', ['tied head in the root group', 'own head group with bias', 'accelerate layout'])
+@pytest.mark.parametrize('case', ['tied head in the root group', 'own head group with bias', 'accelerate layout',
+                                  'own head group, 2 accumulated micro-batches'])
 def test_two_ranks_equal_one_process(two_ranks, case):
     r = two_ranks[case]
     assert r['loss'] == pytest.approx(r['ref'], rel=1e-5, abs=1e-6), r
