@@ -14,16 +14,20 @@ import h5py
 import kdkit
 
 # %% auto #0
-__all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'ALIGNMENT', 'VALUE_PRESETS', 'CODECS', 'META_KEYS', 'COMPAT_KEYS', 'RUN_KEYS',
-           'LIBVER', 'CacheError', 'id_bits', 'encode_ids', 'decode_ids', 'quantise_logprobs', 'quant_error_bound',
-           'dequantise_logprobs', 'tokenizer_fingerprint', 'model_config_sha256', 'create_cache_datasets',
-           'encode_targets', 'empty_batch', 'target_specs', 'decode_targets', 'read_cache_metadata']
+__all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'READ_VERSIONS', 'ALIGNMENT', 'VALUE_PRESETS', 'CODECS', 'META_KEYS', 'COMPAT_KEYS',
+           'RUN_KEYS', 'LIBVER', 'CacheError', 'id_bits', 'encode_ids', 'decode_ids', 'quantise_logprobs',
+           'quant_error_bound', 'dequantise_logprobs', 'tokenizer_fingerprint', 'model_config_sha256', 'dataset_specs',
+           'create_cache_datasets', 'encode_targets', 'empty_batch', 'target_specs', 'decode_targets', 'fletcher32',
+           'read_cache_metadata']
 
 # %% ../nbs/04_cache_format.ipynb #c5a411a3
 FORMAT_NAME = 'kdkit-teacher-cache'
 
 # %% ../nbs/04_cache_format.ipynb #c427f0ad
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+# %% ../nbs/04_cache_format.ipynb #9f507bc9
+READ_VERSIONS = (1, 2)
 
 # %% ../nbs/04_cache_format.ipynb #2b97c104
 ALIGNMENT = 'row t of the teacher fields is the teacher distribution for input_ids[t+1]; the last row is stored, never scored'
@@ -179,26 +183,34 @@ def _lse_temps(meta) -> list:
     "Temperatures whose LSE is stored (LSE_V(log p / 1) = 0 needs no column)."
     return [t for t in meta['temperatures'] if t != 1.0]
 
+# %% ../nbs/04_cache_format.ipynb #7dfff360
+def dataset_specs(meta:dict, # the cache attributes
+                  n:int|None=None, # sequences (default: meta['n_sequences'])
+                 ) -> dict:
+    "{name: (shape, dtype)} of every dataset a cache with these attributes holds, in file order."
+    n = meta['n_sequences'] if n is None else n
+    S, k, V = meta['seq_len'], meta['k'], meta['vocab_size']
+    specs = dict(input_ids=((n, S), np.uint16 if V <= 1 << 16 else np.int32), attention_mask=((n, S), np.uint8),
+                 labels=((n, S), np.int32), ids=((n, S, k), np.uint16))
+    if V > 1 << 17: specs['ids_hi'] = ((n, S, k), np.uint8)
+    elif V > 1 << 16: specs['ids_hi'] = ((n, S, (k + 7) // 8), np.uint8)
+    if meta['mode'] == 'topk':
+        specs['codes'] = ((n, S, k), np.uint8)
+        specs['stats'] = ((n, S, 2 + len(_lse_temps(meta))), np.float32)
+    else: specs['counts'] = ((n, S, k), np.uint8 if meta['n_samples'] <= 255 else np.uint16)
+    return {name: (shape, np.dtype(dt)) for name, (shape, dt) in specs.items()}
+
 # %% ../nbs/04_cache_format.ipynb #de7350ce
 def create_cache_datasets(f:h5py.File, # an open, writable file
                           n:int, # sequences it will hold
                           meta:dict, # the cache attributes (META_KEYS)
                          ):
-    "Lay out an empty cache in `f`: the attributes and every dataset, one chunk per sequence."
+    "Lay out an empty cache in `f`: the attributes and every dataset, one chunk per sequence (checksummed from version 2)."
     for key in META_KEYS: f.attrs[key] = meta[key]
-    S, k, V, kw = meta['seq_len'], meta['k'], meta['vocab_size'], _codec_kwargs(meta['codec'])
-    mk = lambda name, shape, dt: f.create_dataset(name, (n, *shape), dtype=dt, chunks=(1, *shape), **kw)
-    mk('input_ids', (S,), np.uint16 if V <= 1 << 16 else np.int32)
-    mk('attention_mask', (S,), np.uint8)
-    mk('labels', (S,), np.int32)
-    mk('ids', (S, k), np.uint16)
-    if V > 1 << 17: mk('ids_hi', (S, k), np.uint8)
-    elif V > 1 << 16: mk('ids_hi', (S, (k + 7) // 8), np.uint8)
-    if meta['mode'] == 'topk':
-        mk('codes', (S, k), np.uint8)
-        st = mk('stats', (S, 2 + len(_lse_temps(meta))), np.float32)
-        st.attrs['columns'] = ['top1_logprob', 'tail_logprob'] + [f'lse_T={t:g}' for t in _lse_temps(meta)]
-    else: mk('counts', (S, k), np.uint8 if meta['n_samples'] <= 255 else np.uint16)
+    kw = dict(_codec_kwargs(meta['codec']), fletcher32=meta['format_version'] >= 2)
+    for name, (shape, dt) in dataset_specs(meta, n).items():
+        f.create_dataset(name, shape, dtype=dt, chunks=(1, *shape[1:]), **kw)
+    if 'stats' in f: f['stats'].attrs['columns'] = ['top1_logprob', 'tail_logprob'] + [f'lse_T={t:g}' for t in _lse_temps(meta)]
 
 # %% ../nbs/04_cache_format.ipynb #f8d407ee
 def encode_targets(targets:dict, # teacher target fields for [B,S] positions (kdkit.losses)
@@ -280,33 +292,98 @@ def decode_targets(arrs:dict, # dataset arrays of [n] sequences (as read from th
     np.copyto(o['teacher_temperatures'], temps[ti])
     return out
 
-# %% ../nbs/04_cache_format.ipynb #0ea89f73
-_DATASETS = {'topk': ('input_ids', 'attention_mask', 'labels', 'ids', 'codes', 'stats'),
-             'sample': ('input_ids', 'attention_mask', 'labels', 'ids', 'counts')}
+# %% ../nbs/04_cache_format.ipynb #cf2d5774
+def fletcher32(chunks:list, # byte buffers (bytes, memoryviews)
+              ) -> np.ndarray:
+    "HDF5's Fletcher-32 checksum of each buffer, as its fletcher32 filter computes it: uint32 [len(chunks)]."
+    sizes = np.array([len(c) for c in chunks], np.int64)
+    data = b''.join(x for c, s in zip(chunks, sizes.tolist()) for x in (c, b'\0' * (s % 2)))  # odd sizes: pad a zero byte
+    w = np.frombuffer(data, '>u2').astype(np.int64)                          # [W] 16-bit words, all chunks
+    n = (sizes + 1) // 2                                                      # words per chunk
+    start = np.cumsum(n) - n
+    out = np.zeros(len(chunks), np.uint32)
+    nz = n > 0
+    if not nz.any(): return out
+    s1 = np.add.reduceat(w, start[nz])                                        # exact sum of words per chunk
+    g = np.arange(len(w), dtype=np.int64) % 65535                             # word index, mod 65535
+    wg = np.add.reduceat(w * g, start[nz]) % 65535                            # sum of w_i * i per chunk
+    s2 = ((n[nz] + start[nz]) % 65535 * (s1 % 65535) - wg) % 65535           # sum of w_i * (n - local index)
+    fold = lambda v: np.where(s1 == 0, 0, (v % 65535 - 1) % 65535 + 1)        # 0 only for all-zero input
+    out[nz] = (fold(s2) << 16 | fold(s1)).astype(np.uint32)
+    return out
+
+# %% ../nbs/04_cache_format.ipynb #0471cf95
+def _is_int(v) -> bool: return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+# %% ../nbs/04_cache_format.ipynb #8ff7e4d5
+def _is_num(v) -> bool: return (_is_int(v) or isinstance(v, (float, np.floating))) and math.isfinite(float(v))
+
+# %% ../nbs/04_cache_format.ipynb #2d2022cf
+def _check_attributes(path, a:dict) -> dict:
+    "The attributes `a` of cache `path`, checked for type and range (a CacheError naming the attribute), as a dict."
+    bad = lambda key, what: CacheError(f'{path}: attribute {key!r} is {a.get(key)!r}; expected {what}')
+    if a.get('format') != FORMAT_NAME:
+        raise CacheError(f"{path}: not a kdkit teacher cache (attribute 'format' is {a.get('format')!r}, expected {FORMAT_NAME!r})")
+    if not _is_int(a.get('format_version')) or a['format_version'] not in READ_VERSIONS:
+        raise CacheError(f"{path}: cache format version {a.get('format_version')!r} is not supported by kdkit {kdkit.__version__} (reads versions {list(READ_VERSIONS)})")
+    missing = [key for key in META_KEYS if key not in a]
+    if missing: raise CacheError(f'{path}: missing attributes {missing}')
+    for key in ('kdkit_version', 'teacher_name', 'teacher_config_sha256', 'tokenizer_name', 'tokenizer_fingerprint', 'alignment', 'id_encoding', 'value_encoding'):
+        if not isinstance(a[key], str): raise bad(key, 'a string')
+    if a['mode'] not in ('topk', 'sample'): raise bad('mode', "'topk' or 'sample'")
+    if a['codec'] not in CODECS: raise bad('codec', f'one of {CODECS}')
+    for key, lo, hi in [('vocab_size', 1, 1 << 24), ('seq_len', 1, 1 << 24), ('n_sequences', 0, 1 << 40), ('n_samples', 0, 65535), ('quant_bits', 1, 8)]:
+        if not _is_int(a[key]) or not lo <= a[key] <= hi: raise bad(key, f'an integer in [{lo}, {hi}]')
+    if not _is_int(a['seed']): raise bad('seed', 'an integer')
+    if not _is_int(a['k']) or not 1 <= a['k'] <= a['vocab_size']: raise bad('k', f"an integer in [1, vocab_size={a['vocab_size']}]")
+    if a['id_bits'] != id_bits(a['vocab_size']): raise bad('id_bits', f"{id_bits(a['vocab_size'])} for vocab_size {a['vocab_size']}")
+    for key in ('quant_d0', 'quant_dmax'):
+        if not _is_num(a[key]) or not a[key] > 0: raise bad(key, 'a positive finite number')
+    temps = np.asarray(a['temperatures'])
+    if temps.ndim > 1 or temps.size == 0 or temps.dtype.kind not in 'fiu' or not all(_is_num(t) and t > 0 for t in temps.reshape(-1).tolist()):
+        raise bad('temperatures', 'a non-empty list of positive finite numbers')
+    if a['mode'] == 'sample' and (temps.size != 1 or not 1 <= a['n_samples']): raise bad('temperatures', 'one capture temperature and n_samples >= 1 in sample mode')
+    return dict(a, temperatures=[float(t) for t in temps.reshape(-1)])
+
+# %% ../nbs/04_cache_format.ipynb #70417c85
+_FILTERS = {h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_FLETCHER32, 32000, 32015}  # + lzf, zstd
+
+# %% ../nbs/04_cache_format.ipynb #261d4c5e
+def _check_datasets(path, f:h5py.File, meta:dict):
+    "CacheError naming the dataset when `f` holds anything other than the datasets `meta` says, laid out as this format writes them."
+    want = dataset_specs(meta)
+    for name in f:
+        link = f.get(name, getlink=True)
+        if not isinstance(link, h5py.HardLink): raise CacheError(f'{path}: {name!r} is a {type(link).__name__}, not a dataset; kdkit caches hold no links')
+        if not isinstance(f[name], h5py.Dataset): raise CacheError(f'{path}: {name!r} is a group, not a dataset')
+        if name not in want: raise CacheError(f'{path}: unknown dataset {name!r}; a {meta["mode"]} cache holds {list(want)}')
+    for name, (shape, dt) in want.items():
+        if name not in f: raise CacheError(f'{path}: dataset {name!r} is missing')
+        d = f[name]
+        pl = d.id.get_create_plist()
+        if d.is_virtual or pl.get_external_count(): raise CacheError(f'{path}: dataset {name!r} is stored outside the file (external or virtual storage); refused')
+        if d.shape != shape: raise CacheError(f"{path}: dataset {name!r} has shape {d.shape}; the attributes say {shape}")
+        if d.dtype != dt: raise CacheError(f'{path}: dataset {name!r} has dtype {d.dtype}; the format stores {dt}')
+        if d.chunks != (1, *shape[1:]): raise CacheError(f'{path}: dataset {name!r} has chunks {d.chunks}; the format stores one sequence per chunk {(1, *shape[1:])}')
+        filters = [pl.get_filter(i)[0] for i in range(pl.get_nfilters())]
+        if set(filters) - _FILTERS: raise CacheError(f'{path}: dataset {name!r} uses HDF5 filters {filters} this format does not write')
+        if meta['format_version'] >= 2 and filters[-1:] != [h5py.h5z.FILTER_FLETCHER32]:
+            raise CacheError(f'{path}: dataset {name!r} has no per-chunk checksum (format version {meta["format_version"]} requires fletcher32)')
 
 # %% ../nbs/04_cache_format.ipynb #86828cde
 def read_cache_metadata(path) -> dict:
-    "Check that `path` is a readable kdkit cache of a known version; return its attributes."
+    "Check that `path` is a kdkit cache of a version this kdkit reads, laid out as the format says; return its attributes."
     path = Path(path)
     if not path.exists(): raise CacheError(f'{path}: no such cache file')
     if path.is_dir(): raise CacheError(f'{path}: is a folder, not a cache file')
     try: f = h5py.File(path, 'r')
     except OSError as e: raise CacheError(f'{path}: not a readable HDF5 file (truncated, still being written, or not HDF5): {e}') from None
-    with f:
-        a = {key: (v.item() if isinstance(v, np.generic) else v) for key, v in f.attrs.items()}
-        if a.get('format') != FORMAT_NAME:
-            raise CacheError(f"{path}: not a kdkit teacher cache (attribute 'format' is {a.get('format')!r}, expected {FORMAT_NAME!r})")
-        if a.get('format_version') != FORMAT_VERSION:
-            raise CacheError(f"{path}: cache format version {a.get('format_version')!r} is not supported by kdkit {kdkit.__version__} (reads version {FORMAT_VERSION})")
-        missing = [key for key in META_KEYS if key not in a]
-        if missing: raise CacheError(f'{path}: missing attributes {missing}')
-        meta = dict(a)
-        meta['temperatures'] = [float(t) for t in np.atleast_1d(a['temperatures'])]
-        need = list(_DATASETS.get(meta['mode'], ())) + (['ids_hi'] if meta['vocab_size'] > 1 << 16 else [])
-        for name in need:
-            if name not in f: raise CacheError(f'{path}: dataset {name!r} is missing')
-            if f[name].shape[0] != meta['n_sequences'] or f[name].shape[1] != meta['seq_len']:
-                raise CacheError(f"{path}: dataset {name!r} has shape {f[name].shape}, attributes say {meta['n_sequences']} x {meta['seq_len']}")
+    try:
+        with f:
+            meta = _check_attributes(path, {key: (v.item() if isinstance(v, np.generic) else v) for key, v in f.attrs.items()})
+            _check_datasets(path, f, meta)
+    except (OSError, KeyError, RuntimeError, TypeError) as e:  # damaged HDF5 structures
+        raise CacheError(f'{path}: damaged HDF5 structure ({type(e).__name__}: {e})') from None
     if meta['codec'] == 'zstd':
         try: import hdf5plugin  # noqa: F401 (importing it registers the zstd filter)
         except ImportError: raise CacheError(f'{path}: compressed with zstd; pip install hdf5plugin to read it') from None

@@ -14,8 +14,8 @@ import torch
 import h5py
 from torch.utils.data import Dataset
 from fastcore.basics import patch
-from .cache_format import (META_KEYS, COMPAT_KEYS, CacheError, empty_batch, target_specs, decode_targets,
-                                tokenizer_fingerprint, read_cache_metadata, _mismatch)
+from .cache_format import (META_KEYS, COMPAT_KEYS, CacheError, dataset_specs, empty_batch, target_specs, decode_targets,
+                                tokenizer_fingerprint, read_cache_metadata, fletcher32, _mismatch)
 from .models import output_width
 from .losses import match_temperature
 
@@ -52,6 +52,7 @@ def collate_teacher_batch(items:list) -> dict:
 # %% ../nbs/06_cache_reader.ipynb #7365a87f
 _SHUFFLE, _DEFLATE = h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE
 _RAW_PIPELINES = ((), (_DEFLATE,), (_SHUFFLE,), (_SHUFFLE, _DEFLATE))  # pipelines SequenceReader undoes itself
+_FLETCHER = h5py.h5z.FILTER_FLETCHER32  # may follow any of them: checked, then stripped
 
 # %% ../nbs/06_cache_reader.ipynb #909a107c
 try: from isal.isal_zlib import decompress as _inflate  # same output as zlib, faster
@@ -91,8 +92,11 @@ class SequenceReader:
     "Reads whole sequences (one chunk each) of a cache dataset; gzip/shuffle chunks straight from a memory map."
     def __init__(self, dset:h5py.Dataset):
         self.dset, self.shape, self.dtype, self.filters = dset, dset.shape[1:], dset.dtype, chunk_filters(dset)
+        self.checked = self.filters[-1:] == (_FLETCHER,)
+        core = self.filters[:-1] if self.checked else self.filters
         where = None  # stays None for lzf, zstd, big-endian or odd files: those go through HDF5's own pipeline
-        if self.filters in _RAW_PIPELINES and self.dtype.byteorder != '>': where = chunk_locations(dset)
+        if core in _RAW_PIPELINES and self.dtype.byteorder != '>': where = chunk_locations(dset)
+        if where is not None and self.checked and (where[1] < 4).any(): where = None  # no room for a checksum: let HDF5 refuse it
         self._map = None
         if where is not None:
             self.offsets, self.sizes = where
@@ -102,17 +106,46 @@ class SequenceReader:
     def read(self, rows) -> np.ndarray:
         "Sequences `rows` (any order, repeats allowed) as one array [n, ...]."
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        if self._map is None:
-            return np.stack([self.dset[int(i)] for i in rows]) if len(rows) else np.empty((0, *self.shape), self.dtype)
+        if self._map is None: return self._read_hdf5(rows)
         chunks = [self._view[o:o + n] for o, n in zip(self.offsets[rows].tolist(), self.sizes[rows].tolist())]
-        data = b''.join([_inflate(c) for c in chunks] if _DEFLATE in self.filters else chunks)
-        raw = np.frombuffer(data, np.uint8).reshape(len(rows), math.prod(self.shape) * self.dtype.itemsize)
+        if self.checked: chunks = self._verified(chunks, rows)
+        try: data = b''.join([_inflate(c) for c in chunks] if _DEFLATE in self.filters else chunks)
+        except Exception as e: raise self._error(rows, f'cannot inflate its chunk ({type(e).__name__}: {e})') from None
+        size = math.prod(self.shape) * self.dtype.itemsize
+        if len(data) != len(rows) * size: raise self._error(rows, f'its chunks hold {len(data)} bytes, not {len(rows)} x {size}')
+        raw = np.frombuffer(data, np.uint8).reshape(len(rows), size)
         if _SHUFFLE in self.filters and self.dtype.itemsize > 1: raw = unshuffle(raw, self.dtype.itemsize)
         return raw.view(self.dtype).reshape(len(rows), *self.shape)
 
+    def _read_hdf5(self, rows) -> np.ndarray:
+        "Sequences `rows` through HDF5's own filter pipeline (which verifies checksums)."
+        if not len(rows): return np.empty((0, *self.shape), self.dtype)
+        out = []
+        for i in rows.tolist():
+            try: out.append(self.dset[i])
+            except (OSError, ValueError) as e: raise self._error([i], f'HDF5 cannot read its chunk (checksum or decompression failed: {e})') from None
+        return np.stack(out)
+
+    def _verified(self, chunks, rows) -> list:
+        "The chunks without their 4-byte Fletcher-32 trailers, after checking them."
+        stored = np.frombuffer(b''.join(c[-4:] for c in chunks), '<u4')
+        body = [c[:-4] for c in chunks]
+        got = fletcher32(body)
+        swapped = ((got & 0xFF00FF00) >> 8) | ((got & 0x00FF00FF) << 8)  # the byte order old HDF5 versions wrote
+        bad = (stored != got) & (stored != swapped)
+        if bad.any(): raise self._error(rows[bad], 'checksum mismatch: the chunk is damaged (a flipped bit, a bad copy)')
+        return body
+
+    def _error(self, rows, what:str) -> CacheError:
+        "A CacheError naming the file, this dataset and the first bad row."
+        return CacheError(f'{self.dset.file.filename}: dataset {self.dset.name.lstrip("/")!r} row {int(rows[0])}: {what}')
+
     def close(self):
         "Release the memory map."
-        if self._map is not None: self._view.release(); self._map.close(); self._map = None
+        if self._map is None: return
+        try: self._view.release(); self._map.close()
+        except BufferError: pass  # slices still held (by a traceback of a failed read): the map closes when they go
+        self._map = None
 
 # %% ../nbs/06_cache_reader.ipynb #b41759e8
 class CachedLogitsDataset(Dataset):
@@ -131,6 +164,7 @@ class CachedLogitsDataset(Dataset):
         if len(metas) > 1: self.metadata['dataset_fingerprint'] = [m['dataset_fingerprint'] for m in metas]
         self._starts = np.cumsum([0] + [m['n_sequences'] for m in metas])
         self._temp_index = None if temperatures is None else _temperature_columns(self.paths[0], self.metadata, temperatures)
+        self._names = list(dataset_specs(self.metadata))
         self._files, self._pid = {}, None
 
     def __len__(self): return int(self._starts[-1])
@@ -154,9 +188,35 @@ def _datasets(self:CachedLogitsDataset, j) -> dict:
     "Shard `j`'s datasets, opened by this process: {name: SequenceReader}."
     if self._pid != os.getpid(): self._files, self._pid = {}, os.getpid()
     if j not in self._files:
-        f = h5py.File(self.paths[j], 'r', rdcc_nbytes=0)
-        self._files[j] = (f, {name: SequenceReader(f[name]) for name in f})
+        try:
+            f = h5py.File(self.paths[j], 'r', rdcc_nbytes=0)
+            self._files[j] = (f, {name: SequenceReader(f[name]) for name in self._names})
+        except (OSError, KeyError, RuntimeError) as e: raise CacheError(f'{self.paths[j]}: damaged HDF5 structure ({type(e).__name__}: {e})') from None
     return self._files[j][1]
+
+# %% ../nbs/06_cache_reader.ipynb #898cd3a3
+def _check_values(path, blk:dict, meta:dict, rows:np.ndarray):
+    "CacheError naming the file, dataset and row of the first value in block `blk` (sequences `rows`) no kdkit writer stores."
+    V = meta['vocab_size']
+    def check(name, bad):  # bad: [n, ...] True where wrong
+        bad = bad.reshape(len(bad), -1).any(-1)
+        if bad.any(): raise CacheError(f'{path}: dataset {name!r} row {int(rows[bad.argmax()])}: {what[name]}; the file is damaged or not a kdkit cache')
+    what = dict(input_ids=f'token ids outside [0, {V})', labels=f'labels other than -100 or ids in [0, {V})', ids=f'teacher ids at or above vocab_size {V}',
+                codes=f"codes above {2**meta['quant_bits'] - 1}", counts=f"counts that do not add up to n_samples={meta['n_samples']}",
+                stats='log-probs or tail log-masses above 0 or NaN, or LSEs not finite')
+    check('input_ids', (blk['input_ids'] < 0) | (blk['input_ids'] >= V))
+    check('labels', ((blk['labels'] < 0) & (blk['labels'] != -100)) | (blk['labels'] >= V))
+    last = blk['ids'].sum(-1, dtype=np.int64)                                 # [n,S] deltas add up to the largest id
+    if 'ids_hi' in blk:
+        hi = np.unpackbits(blk['ids_hi'], axis=-1, count=blk['ids'].shape[-1]) if V <= 1 << 17 else blk['ids_hi']
+        last += hi.sum(-1, dtype=np.int64) << 16
+    check('ids', last >= V)
+    if meta['mode'] == 'sample':
+        check('counts', blk['counts'].sum(-1, dtype=np.int64) != meta['n_samples']); return
+    check('codes', blk['codes'] > 2**meta['quant_bits'] - 1)
+    st = blk['stats']
+    with np.errstate(invalid='ignore'):
+        check('stats', ~(st[..., :2] <= 1e-6).all(-1) | ~np.isfinite(st[..., 2:]).all(-1) | ~np.isfinite(st[..., 0]))
 
 # %% ../nbs/06_cache_reader.ipynb #aae7be9d
 @patch
@@ -179,8 +239,10 @@ def read(self:CachedLogitsDataset, indices) -> dict:
     cols = {}
     for j in np.unique(shard):
         sel = np.nonzero(shard == j)[0]
-        for name, reader in self._datasets(int(j)).items():
-            cols.setdefault(name, []).append((sel, reader.read(idx[sel] - self._starts[j])))
+        rows = idx[sel] - self._starts[j]
+        blk = {name: reader.read(rows) for name, reader in self._datasets(int(j)).items()}
+        _check_values(self.paths[j], blk, self.metadata, rows)
+        for name, a in blk.items(): cols.setdefault(name, []).append((sel, a))
     arrs = {}
     for name, parts in cols.items():
         if len(parts) == 1: arrs[name] = parts[0][1]; continue  # one shard: already in order

@@ -6,7 +6,7 @@ import pytest
 import torch
 import h5py
 
-from kdkit.cache_format import CacheError, encode_ids, decode_ids
+from kdkit.cache_format import CacheError, encode_ids, decode_ids, read_cache_metadata
 from kdkit.cache_reader import CachedLogitsDataset
 import cache_worker as W
 
@@ -58,3 +58,91 @@ def test_bad_files(tmp_path, ref):
     shutil.copy(ref, tmp_path / 'nocodes.h5')
     with h5py.File(tmp_path / 'nocodes.h5', 'a') as f: del f['codes']
     with pytest.raises(CacheError, match="nocodes.h5: dataset 'codes' is missing"): CachedLogitsDataset(tmp_path / 'nocodes.h5')
+
+
+# ---------------------------------------------------------------- hostile files: every one a CacheError naming what is wrong
+def _variant(ref, tmp_path, edit, name='bad.h5'):
+    p = tmp_path / name
+    shutil.copy(ref, p)
+    with h5py.File(p, 'a') as f: edit(f)
+    return p
+
+def _replace(name, **kw):
+    "An edit that replaces dataset `name` by one made with `kw` (shape and dtype of the original unless given)."
+    def edit(f):
+        d = f[name]; shape, dt = d.shape, d.dtype
+        del f[name]
+        f.create_dataset(name, **dict(dict(shape=shape, dtype=dt), **kw))
+    return edit
+
+def _setattr(key, value): return lambda f: f.attrs.__setitem__(key, value)
+
+HOSTILE = {
+    'external storage': (lambda tmp: _replace('labels', chunks=None, external=[(str(tmp / 'secret.bin'), 0, W.N * W.S * 4)]), 'stored outside the file'),
+    'soft link': (lambda tmp: lambda f: (f.__delitem__('labels'), f.__setitem__('labels', h5py.SoftLink('/ids'))), "'labels' is a SoftLink"),
+    'external link': (lambda tmp: lambda f: (f.__delitem__('labels'), f.__setitem__('labels', h5py.ExternalLink(str(tmp / 'other.h5'), '/x'))), "'labels' is a ExternalLink"),
+    'group': (lambda tmp: lambda f: f.create_group('g'), "'g' is a group"),
+    'unknown dataset': (lambda tmp: lambda f: f.create_dataset('extra', data=[1]), "unknown dataset 'extra'"),
+    'missing dataset': (lambda tmp: lambda f: f.__delitem__('stats'), "dataset 'stats' is missing"),
+    'wrong shape': (lambda tmp: _replace('codes', shape=(W.N, W.S, 8), chunks=(1, W.S, 8), fletcher32=True), "'codes' has shape (40, 24, 8)"),
+    'wrong dtype': (lambda tmp: _replace('stats', dtype=np.float64, chunks=(1, W.S, 3), fletcher32=True), "'stats' has dtype float64"),
+    'big-endian': (lambda tmp: _replace('labels', dtype='>i4', chunks=(1, W.S), fletcher32=True), "'labels' has dtype >i4"),
+    'contiguous': (lambda tmp: _replace('labels', chunks=None), "'labels' has chunks None"),
+    'no checksum': (lambda tmp: _replace('labels', chunks=(1, W.S)), "'labels' has no per-chunk checksum"),
+    'virtual': (lambda tmp: lambda f: (f.__delitem__('labels'), f.create_virtual_dataset('labels', h5py.VirtualLayout((W.N, W.S), np.int32))), 'stored outside the file'),
+    'quant_bits 0': (lambda tmp: _setattr('quant_bits', 0), "'quant_bits' is 0"),
+    'quant_bits str': (lambda tmp: _setattr('quant_bits', '7'), "'quant_bits' is '7'"),
+    'quant_d0 0': (lambda tmp: _setattr('quant_d0', 0.0), "'quant_d0' is 0.0"),
+    'quant_dmax nan': (lambda tmp: _setattr('quant_dmax', float('nan')), "'quant_dmax' is nan"),
+    'temperatures empty': (lambda tmp: _setattr('temperatures', np.zeros(0, np.float32)), "'temperatures'"),
+    'temperatures negative': (lambda tmp: _setattr('temperatures', np.float32([1, -2])), "'temperatures'"),
+    'temperatures 2-D': (lambda tmp: _setattr('temperatures', np.float32([[1, 2]])), "'temperatures'"),
+    'vocab_size 0': (lambda tmp: _setattr('vocab_size', 0), "'vocab_size' is 0"),
+    'vocab_size float': (lambda tmp: _setattr('vocab_size', 300.0), "'vocab_size' is 300.0"),
+    'vocab_size larger': (lambda tmp: _setattr('vocab_size', 70000), "'id_bits'"),
+    'k 0': (lambda tmp: _setattr('k', 0), "'k' is 0"),
+    'mode': (lambda tmp: _setattr('mode', 'dense'), "'mode' is 'dense'"),
+    'codec': (lambda tmp: _setattr('codec', 'brotli'), "'codec' is 'brotli'"),
+    'format_version str': (lambda tmp: _setattr('format_version', '2'), "cache format version '2' is not supported"),
+    'format_version 0': (lambda tmp: _setattr('format_version', 0), 'cache format version 0 is not supported'),
+    'n_sequences': (lambda tmp: _setattr('n_sequences', W.N + 1), "has shape (40, 24)"),
+    'missing attribute': (lambda tmp: lambda f: f.attrs.__delitem__('seq_len'), "missing attributes ['seq_len']"),
+}
+
+@pytest.mark.parametrize('case', list(HOSTILE))
+def test_hostile_file_is_refused(tmp_path, ref, case):
+    (tmp_path / 'secret.bin').write_bytes(b'\x07' * (W.N * W.S * 4))
+    make, msg = HOSTILE[case]
+    p = _variant(ref, tmp_path, make(tmp_path))
+    with pytest.raises(CacheError) as e: CachedLogitsDataset(p)
+    assert str(e.value).startswith(str(p)) and msg in str(e.value), str(e.value)
+
+def test_hostile_values_are_refused_on_read(tmp_path, ref):
+    "Values no writer stores (NaN/positive log-mass, ids >= V, codes beyond the width): CacheError naming file, dataset, row."
+    def put(name, row, fn):
+        def edit(f):
+            a = f[name][row]; fn(a); f[name][row] = a
+        return edit
+    cases = [('stats', put('stats', 7, lambda a: a.__setitem__((3, 1), np.nan)), "dataset 'stats' row 7"),
+             ('stats', put('stats', 2, lambda a: a.__setitem__((0, 0), 0.5)), "dataset 'stats' row 2"),
+             ('stats', put('stats', 4, lambda a: a.__setitem__((5, 2), np.inf)), "dataset 'stats' row 4"),
+             ('ids', put('ids', 3, lambda a: a.__setitem__((1, 0), 299 + 1)), "dataset 'ids' row 3: teacher ids at or above vocab_size 300"),
+             ('codes', put('codes', 5, lambda a: a.__setitem__((0, 0), 200)), "dataset 'codes' row 5"),
+             ('input_ids', put('input_ids', 6, lambda a: a.__setitem__(0, 300)), "dataset 'input_ids' row 6")]
+    for i, (_, edit, msg) in enumerate(cases):
+        p = _variant(ref, tmp_path, edit, f'v{i}.h5')
+        ds = CachedLogitsDataset(p)  # the structure is fine: the values are checked as they are read
+        ds.read([0, 1])
+        with pytest.raises(CacheError, match=msg.replace('(', r'\(')): ds.read(range(W.N))
+
+def test_version_1_files_are_still_read(tmp_path, ref):
+    "A format-1 file (no checksums) reads to the same targets as the format-2 one."
+    from kdkit.cache_format import create_cache_datasets, LIBVER
+    meta = dict(read_cache_metadata(ref), format_version=1)
+    p = tmp_path / 'v1.h5'
+    with h5py.File(ref) as src, h5py.File(p, 'w', libver=LIBVER) as f:
+        create_cache_datasets(f, W.N, meta)
+        for name in src: f[name][:] = src[name][()]
+    with h5py.File(p) as f: assert not f['ids'].fletcher32 and f.attrs['format_version'] == 1
+    a, b = CachedLogitsDataset(ref).read(range(W.N)), CachedLogitsDataset(p).read(range(W.N))
+    for k in a: assert torch.equal(a[k], b[k]), k

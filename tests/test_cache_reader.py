@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+import h5py
 
 from kdkit.cache import CachedLogitsDataset, CacheError, collate_teacher_batch
 from kdkit.losses import distillation_loss
@@ -82,3 +83,43 @@ def test_bad_compatibility(ref):
     with pytest.raises(CacheError, match=r'ref.h5: seq_len 32 differs from the cache.s seq_len 24'): ds.check_compatible(seq_len=32)
     assert ds.check_compatible(tokenizer=W.ToyTokenizer(), model=W.tiny_llama(vocab=320, layers=1), seq_len=W.S)  # a padded student is fine
     with pytest.raises(CacheError, match=r'temperatures \[3.0\] are not in the cache'): CachedLogitsDataset(ref, temperatures=[3.0])
+
+
+# ---------------------------------------------------------------- flipped bits: an error, never different targets
+def _read_all(p):
+    ds = CachedLogitsDataset(p)
+    try: return ds.read(range(len(ds)))
+    finally: ds.close()
+
+@pytest.mark.parametrize('codec', ['gzip', 'lzf', 'zstd', 'none'])
+def test_flipped_bits_never_change_targets_silently(tmp_path, codec):
+    "Single bit flips anywhere in the file, and in every dataset's chunks: CacheError (file, dataset, row) or the same targets."
+    src = W.make_generator(codec=codec).generate(W.toy_blocks(n=6), tmp_path / 'c.h5')
+    good, data = _read_all(src), bytearray(src.read_bytes())
+    spans = {}
+    with h5py.File(src) as f:
+        for name in f:
+            loc = []
+            f[name].id.chunk_iter(lambda info: loc.append((info.byte_offset, info.size)))
+            spans[name] = tuple(np.array(v) for v in zip(*loc))
+    rng = np.random.default_rng(0)
+    offsets = [int(o) for o in rng.integers(0, len(data), 40)]                       # anywhere: metadata, chunks, free space
+    for name, (off, size) in spans.items():                                             # and inside chunks of every dataset
+        for r in rng.integers(0, len(off), 2): offsets.append(int(off[r] + rng.integers(0, size[r])))
+    caught = 0
+    for t, o in enumerate(offsets):
+        bad = bytearray(data); bad[o] ^= 1 << int(rng.integers(0, 8))
+        p = tmp_path / f'flip{t}.h5'; p.write_bytes(bad)
+        try: got = _read_all(p)
+        except CacheError as e:
+            caught += 1
+            assert str(p) in str(e)
+            continue
+        finally: p.unlink()
+        for k in good: assert torch.equal(good[k], got[k]), f'{codec}: a flip at byte {o} changed {k} without an error'
+    assert caught >= len(spans) * 2  # every flip inside a chunk is caught
+    # a flip inside a chunk names the dataset and the row
+    name = 'codes'
+    bad = bytearray(data); off, size = spans[name]; bad[int(off[3] + size[3] // 2)] ^= 4
+    (tmp_path / 'one.h5').write_bytes(bad)
+    with pytest.raises(CacheError, match=rf"one.h5: dataset '{name}' row 3"): _read_all(tmp_path / 'one.h5')
