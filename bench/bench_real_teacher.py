@@ -9,7 +9,7 @@ import argparse, json, sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import machine
-from kdkit.cli import recipe_config, run_recipe
+from kdkit.recipes import recipe_config, run_recipe
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

