@@ -6,7 +6,7 @@ Docs: https://kdkit.github.io/kdkit/cache_writer.html.md"""
 
 # %% ../nbs/05_cache_writer.ipynb #bcbaec49
 from __future__ import annotations
-import os, json, time, shutil, hashlib, fcntl, contextlib
+import os, io, json, math, time, shutil, hashlib, fcntl, contextlib, datetime
 from pathlib import Path
 from typing import Sequence
 import numpy as np
@@ -17,12 +17,12 @@ from tqdm.auto import tqdm
 import kdkit
 from .cache_format import (FORMAT_NAME, FORMAT_VERSION, ALIGNMENT, VALUE_PRESETS, CODECS, LIBVER, RUN_KEYS, CacheError,
                                 id_bits, create_cache_datasets, encode_targets, tokenizer_fingerprint, model_config_sha256,
-                                read_cache_metadata, _mismatch)
+                                read_cache_metadata, dataset_specs, _mismatch)
 from .models import output_width, model_lm_head, model_hidden_states
 from .losses import topk_targets, sample_targets
 
 # %% auto #0
-__all__ = ['sample_seed', 'TeacherLogitsGenerator', 'segment_path', 'plan_segments']
+__all__ = ['sample_seed', 'TeacherLogitsGenerator', 'segment_path', 'plan_segments', 'projected_cache_bytes']
 
 # %% ../nbs/05_cache_writer.ipynb #256151c4
 class _Rows:
@@ -91,6 +91,7 @@ class TeacherLogitsGenerator:
                  segment_size:int=64, # sequences per crash-safe segment (the most a kill can lose)
                  chunk_size:int|None=256, # positions whose logits exist at once, whole sequences together when they fit
                  progress:bool=True, # show a tqdm bar with tokens/s
+                 wait_timeout:float=3600., # seconds a rank waits for the others before a CacheError naming them
                 ):
         if mode not in ('topk', 'sample'): raise ValueError(f"mode={mode!r}; use 'topk' or 'sample'")
         if codec not in CODECS: raise ValueError(f'codec={codec!r}; use one of {CODECS}')
@@ -106,7 +107,8 @@ class TeacherLogitsGenerator:
         if batch_size < 1 or segment_size < 1: raise ValueError(f'batch_size={batch_size} and segment_size={segment_size} must be >= 1')
         self.teacher, self.tokenizer, self.k, self.mode, self.temperatures = teacher, tokenizer, k, mode, temps
         self.n_samples, self.batch_size, self.seed, self.codec, self.value_bits = n_samples, batch_size, seed, codec, value_bits
-        self.segment_size, self.chunk_size, self.progress = segment_size, chunk_size, progress
+        if not wait_timeout > 0: raise ValueError(f'wait_timeout={wait_timeout} must be > 0 seconds')
+        self.segment_size, self.chunk_size, self.progress, self.wait_timeout = segment_size, chunk_size, progress, float(wait_timeout)
         self._tokenizer_fingerprint = tokenizer_fingerprint(tokenizer)  # once per generator
 
 # %% ../nbs/05_cache_writer.ipynb #3737f00c
@@ -219,28 +221,40 @@ def _write_segment(self:TeacherLogitsGenerator, rows:_Rows, meta:dict, parts:Pat
         enc.append(self._targets(r['input_ids'][s - a:e - a], r['attention_mask'][s - a:e - a], s, meta))
         bar.update((e - s) * rows.seq_len)
     enc = {key: np.concatenate([q[key] for q in enc]) for key in enc[0]}
-    with h5py.File(tmp, 'w', libver=LIBVER) as f:
+    buf = io.BytesIO()  # HDF5 writes into memory; the disk sees one plain write, so a full disk is an OSError, not a crash
+    with h5py.File(buf, 'w', libver=LIBVER) as f:
         create_cache_datasets(f, b - a, dict(meta, n_sequences=b - a))
         f.attrs['segment_start'] = a
         for key in ('input_ids', 'attention_mask', 'labels'): f[key][:] = r[key]
         for key, v in enc.items(): f[key][:] = v
-    _fsync(tmp)
+    try:
+        with open(tmp, 'wb') as fh: fh.write(buf.getbuffer())
+        _fsync(tmp)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CacheError(f'{final}: cannot write the segment ({e.strerror or e}); free disk space and run again: finished segments are kept and reused') from None
     os.replace(tmp, final)
 
 # %% ../nbs/05_cache_writer.ipynb #00fa6948
 def _merge_segments(path:Path, parts:Path, segs:list, meta:dict):
     "Copy every segment's chunks into PATH.tmp, then rename it to PATH and remove the parts."
     tmp = path.with_name(path.name + '.tmp')
-    with h5py.File(tmp, 'w', libver=LIBVER) as out:
-        create_cache_datasets(out, meta['n_sequences'], meta)
-        for a, b in segs:
-            with h5py.File(segment_path(parts, a, b), 'r') as f:
-                for name, src in f.items():
-                    dst, zeros = out[name], (0,) * (src.ndim - 1)
-                    for i in range(b - a):
-                        mask, chunk = src.id.read_direct_chunk((i, *zeros))
-                        dst.id.write_direct_chunk((a + i, *zeros), chunk, mask)
-    _fsync(tmp)
+    need, free = sum(segment_path(parts, *s).stat().st_size for s in segs) + (1 << 20), shutil.disk_usage(path.parent).free
+    if free < need: raise CacheError(f'{path}: merging needs about {need / 1e6:.1f} MB free, {free / 1e6:.1f} MB are; free disk space and run again (the segments are kept)')
+    try:  # through a Python file object: a full disk is an OSError here too
+        with open(tmp, 'w+b') as fh, h5py.File(fh, 'w', libver=LIBVER) as out:
+            create_cache_datasets(out, meta['n_sequences'], meta)
+            for a, b in segs:
+                with h5py.File(segment_path(parts, a, b), 'r') as f:
+                    for name, src in f.items():
+                        dst, zeros = out[name], (0,) * (src.ndim - 1)
+                        for i in range(b - a):
+                            mask, chunk = src.id.read_direct_chunk((i, *zeros))
+                            dst.id.write_direct_chunk((a + i, *zeros), chunk, mask)
+        _fsync(tmp)
+    except (OSError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        raise CacheError(f'{path}: cannot write the merged cache ({e}); free disk space and run again (the segments are kept)') from None
     os.replace(tmp, path)
     _fsync(path)
     shutil.rmtree(parts, ignore_errors=True)
@@ -263,13 +277,35 @@ def _check_output(path:Path, meta:dict, resume:bool, overwrite:bool) -> bool:
     if resume: return True
     raise CacheError(f'{path} exists (the same cache); pass resume=True to keep it or overwrite=True to rebuild it')
 
+# %% ../nbs/05_cache_writer.ipynb #d5219572
+def _wait_for(done, # () -> bool
+              timeout:float, # seconds
+              what, # () -> str: what was waited for, for the error
+             ):
+    "Poll `done()` every 0.2 s; a CacheError naming `what()` after `timeout` seconds."
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline: raise CacheError(f'waited {timeout:g} s for {what()}; is every rank running (RANK, WORLD_SIZE)?')
+        time.sleep(0.2)
+
+# %% ../nbs/05_cache_writer.ipynb #4c88df8d
+def _barrier(step:str, timeout:float) -> bool:
+    "Meet the other ranks at `step` when a process group is up (False when there is none); CacheError when they do not come."
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()): return False
+    try:
+        if dist.get_backend() == 'gloo': dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout), wait_all_ranks=True)
+        else: dist.barrier()
+    except RuntimeError as e: raise CacheError(f'rank {dist.get_rank()}: the other ranks did not reach {step!r} within {timeout:g} s ({e})') from None
+    return True
+
 # %% ../nbs/05_cache_writer.ipynb #55f977d0
-def _prepare_parts(path:Path, meta:dict, resume:bool, rank:int) -> Path:
-    "The parts folder of this run, made ready by rank 0 (the others wait for its run.json)."
+def _prepare_parts(path:Path, meta:dict, resume:bool, rank:int, timeout:float) -> Path:
+    "The parts folder of this run, made ready by rank 0 (the others wait for it, at most `timeout` seconds)."
     parts = path.with_name(path.name + '.parts')
     manifest = parts / 'run.json'
     if rank != 0:
-        while not manifest.exists(): time.sleep(0.2)
+        if not _barrier('parts ready', timeout): _wait_for(manifest.exists, timeout, lambda: f'rank 0 to prepare {manifest}')
         return parts
     run = {key: np.asarray(meta[key]).tolist() for key in RUN_KEYS}
     if parts.exists() and not resume: shutil.rmtree(parts)
@@ -280,6 +316,7 @@ def _prepare_parts(path:Path, meta:dict, resume:bool, rank:int) -> Path:
     for stale in parts.glob('*.tmp'): stale.unlink()  # unfinished segments of a killed run
     tmp = parts / 'run.json.tmp'
     tmp.write_text(json.dumps(run)); os.replace(tmp, manifest)
+    _barrier('parts ready', timeout)
     return parts
 
 # %% ../nbs/05_cache_writer.ipynb #cd3396c3
@@ -291,13 +328,39 @@ def _write_segments(self:TeacherLogitsGenerator, rows:_Rows, meta:dict, parts:Pa
         for a, b in segs: self._write_segment(rows, meta, parts, a, b, bar)
 
 # %% ../nbs/05_cache_writer.ipynb #c2de93e3
-def _finish(path:Path, parts:Path, segs:list, meta:dict, rank:int):
-    "Rank 0: merge the segments once all exist; other ranks: wait for the merged file."
+def _finish(path:Path, parts:Path, segs:list, meta:dict, rank:int, world:int, timeout:float):
+    "Rank 0: merge the segments once all exist; other ranks: wait for the merged file (each wait at most `timeout` s)."
+    missing = lambda: [(j % world, s) for j, s in enumerate(segs) if not segment_path(parts, *s).exists()]
+    name = lambda: ', '.join(f'{segment_path(parts, *s).name} (rank {r})' for r, s in missing()[:8])
     if rank == 0:
-        while not all(segment_path(parts, *s).exists() for s in segs): time.sleep(0.2)
+        if not _barrier('segments written', timeout): _wait_for(lambda: not missing(), timeout, lambda: f'the segments {name()}')
+        if missing(): raise CacheError(f'{path}: segments missing after every rank finished: {name()}')
         _merge_segments(path, parts, segs, meta)
-    else:
-        while not path.exists() or parts.exists(): time.sleep(0.2)
+        _barrier('merged', timeout)
+    elif _barrier('segments written', timeout): _barrier('merged', timeout)
+    else: _wait_for(lambda: path.exists() and not parts.exists(), timeout, lambda: f'rank 0 to merge {path.name}')
+
+# %% ../nbs/05_cache_writer.ipynb #0f0af19f
+_CODEC_RATIO = {'none': 1.0, 'lzf': 0.85, 'gzip': 0.7, 'zstd': 0.7}  # compressed / raw bytes, on real text, rounded up
+
+# %% ../nbs/05_cache_writer.ipynb #e780389b
+def projected_cache_bytes(meta:dict) -> int:
+    "Projected size in bytes of a cache with attributes `meta` (its tokens, k, mode and codec)."
+    specs = dataset_specs(meta)
+    raw = sum(math.prod(shape) * dt.itemsize for shape, dt in specs.values())
+    return int(raw * _CODEC_RATIO[meta['codec']]) + 8 * len(specs) * meta['n_sequences'] + (64 << 10)  # + chunk index, checksums, header
+
+# %% ../nbs/05_cache_writer.ipynb #9c4e93eb
+def _check_disk(path:Path, meta:dict, parts:Path, progress:bool):
+    "State the projected size; CacheError when the disk of `path` cannot hold the segments still to write plus the merged copy."
+    size = projected_cache_bytes(meta)
+    done = sum(p.stat().st_size for p in parts.glob('seg-*.h5'))
+    need, free = max(2 * size - done, 0), shutil.disk_usage(path.parent).free
+    if progress: print(f"caching {meta['n_sequences']} x {meta['seq_len']} tokens into {path.name}: projected size {size / 1e6:.1f} MB "
+                       f"({meta['codec']}), {free / 1e6:.0f} MB free", flush=True)
+    if free < need:
+        raise CacheError(f"{path}: not enough disk space: the cache's projected size is {size / 1e6:.1f} MB and writing it "
+                         f'needs about {need / 1e6:.1f} MB free (segments, then the merged copy); {free / 1e6:.1f} MB are free')
 
 # %% ../nbs/05_cache_writer.ipynb #d7f858c1
 @contextlib.contextmanager
@@ -331,10 +394,11 @@ def generate(self:TeacherLogitsGenerator, dataset, # tokenised blocks: input_ids
     rank, world = _dist_info()
     with _output_lock(path, rank):
         if _check_output(path, meta, resume, overwrite): return path                      # 1. check
-        parts = _prepare_parts(path, meta, resume, rank)                                    # 2. plan
+        parts = _prepare_parts(path, meta, resume, rank, self.wait_timeout)                 # 2. plan
+        if rank == 0: _check_disk(path, meta, parts, self.progress)
         segs = plan_segments(rows.n, self.segment_size)
         mine = [s for j, s in enumerate(segs) if j % world == rank and not segment_path(parts, *s).exists()]
         desc = f'caching {path.name}' + (f' [rank {rank}/{world}]' if world > 1 else '')
         self._write_segments(rows, meta, parts, mine, desc)                                 # 3. compute and write
-        _finish(path, parts, segs, meta, rank)                                              # 4. merge
+        _finish(path, parts, segs, meta, rank, world, self.wait_timeout)                   # 4. merge
     return path

@@ -323,3 +323,50 @@ def test_nan_teacher_is_refused_naming_the_sequence(tmp_path, mode):
     with torch.no_grad(): t.model.embed_tokens.weight[299] = 0.
     W.make_generator(mode, teacher=t).generate(data, out)
     assert len(CachedLogitsDataset(out)) == W.N
+
+# ---------------------------------------------------------------- ranks left alone: bounded waits
+def test_lone_rank_fails_naming_the_missing_rank(tmp_path, ref, monkeypatch):
+    "RANK=1 without rank 0, or rank 0 without rank 1, ends in a CacheError within the timeout; a later full run resumes."
+    out = tmp_path / 'c.h5'
+    monkeypatch.setenv('WORLD_SIZE', '2'); monkeypatch.setenv('RANK', '1')
+    with pytest.raises(CacheError, match=r'waited 0.5 s for rank 0 to prepare .*run.json'): W.make_generator(wait_timeout=0.5).generate(W.toy_blocks(), out)
+    monkeypatch.setenv('RANK', '0')
+    t0 = time.monotonic()
+    with pytest.raises(CacheError, match=r'waited 0.5 s for the segments seg-000000004-000000008.h5 \(rank 1\)'):
+        W.make_generator(wait_timeout=0.5).generate(W.toy_blocks(), out)
+    assert time.monotonic() - t0 < 60 and not out.exists()
+    monkeypatch.setenv('WORLD_SIZE', '1')
+    W.make_generator().generate(W.toy_blocks(), out)  # the segments rank 0 wrote are reused
+    assert_same_cache(ref, out)
+
+# ---------------------------------------------------------------- disk space
+@pytest.fixture
+def small_disk(tmp_path):
+    "A 192 kB tmpfs mounted for the test (skipped where mounting is not permitted)."
+    mnt = tmp_path / 'mnt'; mnt.mkdir()
+    r = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=192k', 'tmpfs', str(mnt)], capture_output=True, text=True)
+    if r.returncode: pytest.skip(f'cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}): needs root or CAP_SYS_ADMIN')
+    yield mnt
+    subprocess.run(['umount', '-l', str(mnt)])
+
+def test_projected_size_refused_when_the_disk_cannot_hold_it(small_disk, capsys):
+    gen = W.make_generator(progress=True)
+    with pytest.raises(CacheError, match=r"c.h5: not enough disk space: the cache's projected size is [\d.]+ MB .* MB are free"):
+        gen.generate(W.toy_blocks(n=400), small_disk / 'c.h5')
+    assert 'projected size' in capsys.readouterr().out
+    assert not list(small_disk.glob('c.h5.parts/seg-*'))
+
+def test_full_disk_during_the_run_is_a_clear_error(small_disk, monkeypatch, tmp_path, ref):
+    "The projection passes but the disk fills: a CacheError, no crash, nothing half-written kept; more space, and it resumes."
+    import kdkit.cache_writer as cw
+    monkeypatch.setattr(cw, '_check_disk', lambda *a: None)
+    (small_disk / 'filler').write_bytes(b'\0' * (140 << 10))
+    out = small_disk / 'c.h5'
+    with pytest.raises(CacheError, match=r'(cannot write the segment|merging needs|cannot write the merged cache).*(No space|free)'):
+        W.make_generator().generate(W.toy_blocks(), out)
+    assert not out.exists() and not list(small_disk.glob('**/*.tmp'))
+    for seg in small_disk.glob('c.h5.parts/seg-*.h5'): read_cache_metadata(seg)  # what was kept is complete
+    (small_disk / 'filler').unlink()
+    shutil.copytree(small_disk / 'c.h5.parts', tmp_path / 'c.h5.parts')
+    W.make_generator().generate(W.toy_blocks(), tmp_path / 'c.h5')
+    assert_same_cache(ref, tmp_path / 'c.h5')
