@@ -28,10 +28,11 @@ HEADLINES = [
      'demo student training tokens/s (batch 16 x 128, 2 threads; median of 3)', 'training'),
     ('loss', 'fused_over_baseline_peak_rss_v128256', 'Fused KD loss peak memory / dense logits, V = 128,256',
      'baseline_peak_rss_v128256', 'dense logits'),
-    ('loss', 'fused_over_baseline_peak_rss_v49152', 'Fused KD loss peak memory / dense logits, V = 49,152',
-     'baseline_peak_rss_v49152', 'dense logits'),
     ('loss', 'fused_over_sparse_time_v128256', 'Fused KD loss time / unfused sparse loss, V = 128,256',
      'sparse_time_v128256', 'unfused sparse loss'),
+    ('peers', 'kdkit_over_liger_loss_time_v128256', 'KD loss time / Liger-Kernel fused KL (uncompiled, CPU), V = 128,256',
+     'liger_loss_time_v128256', 'Liger-Kernel'),
+    ('peers', 'kdkit_cached_over_trl_gkd_step_cpu', 'Cached-teacher KD step / TRL GKDTrainer step', 'trl_gkd_step_cpu', 'TRL GKD step'),
     ('trainer', 'cached_kd_over_ce_cpu', 'Cached-teacher KD step / plain CE Trainer step', 'ce_trainer_step_cpu', 'CE step'),
     ('trainer', 'online_over_cached_cpu', 'Online-teacher KD step / cached-teacher step', 'cached_kd_step_cpu', 'cached step'),
 ]
