@@ -6,56 +6,29 @@ Docs: https://kdkit.github.io/kdkit/trainer.html.md"""
 
 # %% ../nbs/08_trainer.ipynb #8b6b69eb
 from __future__ import annotations
-import copy, json, math, re
+import copy, math, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from fastcore.basics import patch
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
-from transformers.trainer_callback import TrainerState
 from transformers.trainer_pt_utils import nested_gather
 from .cache import CacheError, CachedLogitsDataset, collate_teacher_batch
 from .losses import distillation_loss, fused_distillation_loss, match_temperature, scored_rows, topk_targets
 from .models import model_lm_head, output_width
 from .param_groups import ParameterGroupManager
+from .stages import KD_TAILS, STAGE_FIELDS, Stage, _check_kd, parse_lr_rules, run_stages
 
 # %% auto #0
-__all__ = ['KD_TAILS', 'STAGE_FIELDS', 'TEACHER_FIELDS', 'parse_lr_rules', 'DistillationTrainingArguments', 'Stage',
-           'distillation_collate', 'teacher_top1', 'DistillationTrainer', 'run_stages', 'evaluate_distillation']
-
-# %% ../nbs/08_trainer.ipynb #767f40d7
-def parse_lr_rules(rules) -> list:
-    "`rules` as a list of rule dicts: a list as is, a JSON string (the command line) parsed, None as []."
-    if rules is None or rules == '': return []
-    if isinstance(rules, str):
-        try: rules = json.loads(rules)
-        except json.JSONDecodeError as e:
-            raise ValueError(f'lr_rules: not valid JSON ({e}); pass a list of rule dicts, e.g. '
-                             '\'[{"pattern": "embed", "lr_multiplier": 0}]\'') from None
-    if isinstance(rules, dict) or not isinstance(rules, (list, tuple)):
-        raise TypeError(f'lr_rules must be a list of rule dicts (pattern, lr_multiplier, weight_decay, name), got {rules!r}')
-    rules = [dict(r) if isinstance(r, dict) else r for r in rules]
-    ParameterGroupManager(rules)  # checks every rule now, naming the bad one
-    return rules
-
-# %% ../nbs/08_trainer.ipynb #16af4ebd
-KD_TAILS = ('bucket', 'renorm')
-
-def _check_kd(alpha, temperature, kd_tail=None, where='DistillationTrainingArguments'):
-    "ValueError naming the parameter when alpha, temperature or kd_tail is out of range."
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0. <= alpha <= 1.:
-        raise ValueError(f'{where}: alpha must be a number in [0, 1] (the weight of the KD term), got {alpha!r}')
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f'{where}: temperature must be a finite number > 0, got {temperature!r}')
-    if kd_tail is not None and kd_tail not in KD_TAILS:
-        raise ValueError(f'{where}: kd_tail must be one of {KD_TAILS} ("bucket" is exact; "renorm" is biased), got {kd_tail!r}')
+__all__ = ['TEACHER_FIELDS', 'DistillationTrainingArguments', 'distillation_collate', 'teacher_top1', 'DistillationTrainer',
+           'evaluate_distillation', 'KD_TAILS', 'STAGE_FIELDS', 'Stage', 'parse_lr_rules', 'run_stages']
 
 # %% ../nbs/08_trainer.ipynb #f4c622ca
 @dataclass
 class DistillationTrainingArguments(TrainingArguments):
     "`TrainingArguments` plus the distillation knobs; parsable by `HfArgumentParser` from the command line, a dict or YAML."
     alpha: float = field(default=0.5, metadata={'help': 'Weight of the KD term in (1-alpha)*CE + alpha*T^2*KD, in [0, 1].'})
-    temperature: float = field(default=1.0, metadata={'help': 'KD temperature T > 0 (a cache must store LSE for it).'})
+    temperature: float = field(default=1.0, metadata={'help': 'KD temperature T >= 0.05 (a cache must store LSE for it).'})
     kd_tail: str = field(default='bucket', metadata={'help': 'Mass outside the stored top-k: "bucket" (exact) or "renorm" (biased).'})
     lr_rules: list | str | None = field(default=None, metadata={
         'help': 'Parameter-group rules: a list of {"pattern", "lr_multiplier", "weight_decay", "name"} dicts '
@@ -64,6 +37,8 @@ class DistillationTrainingArguments(TrainingArguments):
         'help': 'None: loss on the model\'s logits. An int: fused lm_head + loss over chunks of this many tokens.'})
     teacher_topk: int | None = field(default=None, metadata={
         'help': 'Online teacher only: None keeps all V ids (exact dense KL), an int keeps the top-k per position.'})
+    skip_nonfinite_batches: bool = field(default=False, metadata={
+        'help': 'A batch with NaN/inf teacher targets or loss: False stops with an error naming the step and rows; True skips it with a warning.'})
 
     def __post_init__(self):
         super().__post_init__()
@@ -74,55 +49,15 @@ class DistillationTrainingArguments(TrainingArguments):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f'DistillationTrainingArguments: {name} must be None or an int >= 1, got {v!r}')
 
-# %% ../nbs/08_trainer.ipynb #f780a1b6
-STAGE_FIELDS = ('max_steps', 'num_train_epochs', 'learning_rate', 'lr_rules', 'alpha', 'temperature', 'warmup_steps',
-                'lr_scheduler_type', 'weight_decay')
-
-@dataclass
-class Stage:
-    "One stage of a run: its length and the arguments it overrides (None: the trainer's own arguments)."
-    name: str # folder name under output_dir and the `stage` tag in logs
-    max_steps: int|None = None # length in optimizer steps (or give num_train_epochs)
-    num_train_epochs: float|None = None # length in epochs of the training data
-    learning_rate: float|None = None # base learning rate
-    lr_rules: list|None = None # parameter-group rules (multiplier 0 freezes)
-    alpha: float|None = None # weight of the KD term
-    temperature: float|None = None # KD temperature
-    warmup_steps: float|None = None # warm-up steps (a float < 1 is a ratio of the stage)
-    lr_scheduler_type: str|None = None # 'linear', 'cosine', 'constant', ...
-    weight_decay: float|None = None # base weight decay
-
-    def __post_init__(self):
-        where = f'Stage {self.name!r}'
-        if not isinstance(self.name, str) or not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.-]*', self.name):
-            raise ValueError(f'Stage name must be a non-empty folder name of letters, digits, "_", "." or "-", got {self.name!r}')
-        if self.max_steps is not None and self.num_train_epochs is not None:
-            raise ValueError(f'{where}: give max_steps or num_train_epochs, not both')
-        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise ValueError(f'{where}: max_steps must be an int >= 1, got {self.max_steps!r}')
-        if self.num_train_epochs is not None and not self.num_train_epochs > 0:
-            raise ValueError(f'{where}: num_train_epochs must be > 0, got {self.num_train_epochs!r}')
-        if self.learning_rate is not None and not self.learning_rate >= 0:
-            raise ValueError(f'{where}: learning_rate must be >= 0, got {self.learning_rate!r}')
-        _check_kd(0.5 if self.alpha is None else self.alpha, 1.0 if self.temperature is None else self.temperature, where=where)
-        if self.lr_rules is not None: self.lr_rules = parse_lr_rules(self.lr_rules)
-
-    @classmethod
-    def from_dict(cls, d:dict) -> Stage:
-        "A Stage from a plain dict (a recipe parameter or YAML), refusing unknown keys."
-        if isinstance(d, Stage): return d
-        if not isinstance(d, dict): raise TypeError(f'a stage must be a dict or Stage, got {d!r}')
-        unknown = set(d) - {'name', *STAGE_FIELDS}
-        if unknown: raise ValueError(f'stage {d.get("name")!r}: unknown key(s) {sorted(unknown)}; allowed: name, {", ".join(STAGE_FIELDS)}')
-        if 'name' not in d: raise ValueError(f'stage {d!r}: missing "name"')
-        return cls(**d)
-
 # %% ../nbs/08_trainer.ipynb #5e619a40
 TEACHER_FIELDS = ('teacher_ids', 'teacher_logprobs', 'teacher_tail_logprob', 'teacher_lse', 'teacher_temperatures', 'teacher_counts')
 
 def distillation_collate(items:list) -> dict:
-    "Batch cache items (teacher fields, `collate_teacher_batch`) or tokenised rows (`default_data_collator`)."
-    return collate_teacher_batch(items) if 'teacher_ids' in items[0] else default_data_collator(items)
+    "Batch cache items (teacher fields, `collate_teacher_batch`) or tokenised rows (`default_data_collator`); `cache_row`s as `cache_rows`."
+    rows = [it.pop('cache_row') for it in items] if 'cache_row' in items[0] else None  # in place: a whole cache read stays whole
+    out = collate_teacher_batch(items) if 'teacher_ids' in items[0] else default_data_collator(items)
+    if rows is not None: out['cache_rows'] = torch.as_tensor(rows)
+    return out
 
 # %% ../nbs/08_trainer.ipynb #9824ce43
 def teacher_top1(targets:dict, rows:torch.Tensor) -> torch.Tensor:
@@ -184,6 +119,7 @@ class DistillationTrainer(Trainer):
         self.stage, self._stage_span, self._fresh_stage, self._save_at_end = None, None, False, False
         self._log_sums = torch.zeros(2, dtype=torch.float64, device=self.args.device)  # ce, kd since the last log
         self._log_step, self._step_lrs, self._eval_sums, self._keeps_logits, self._held_rules = 0, None, None, None, []
+        self._skipped_batches = 0
         self.add_callback(_DistillationCallback(self))
 
 # %% ../nbs/08_trainer.ipynb #b9e79ea7
@@ -217,6 +153,12 @@ def _check_data(self:DistillationTrainer) -> int:
     elif self.teacher_model is not None: V = int(self.teacher_model.config.vocab_size)
     else: V = int(self.model.config.vocab_size)
     width = output_width(self.model)
+    if caches and tok is None and width > V:
+        warnings.warn(f"the cache's vocabulary has {V} tokens and the student's output layer {width} rows; without processing_class "
+                      f'the tokenizer is not checked, and rows {V}..{width - 1} are taken as padding (excluded from CE and KD)')
+    if self.args.kd_tail == 'renorm' and any(c.metadata['mode'] == 'sample' for c in caches):
+        raise ValueError("kd_tail='renorm': sampled targets (a mode='sample' cache) have no tail to renormalise, so kd_tail "
+                         "does not apply to them; leave kd_tail at 'bucket'")
     if width < V: raise ValueError(f"the student's output layer has {width} rows, fewer than the vocabulary size {V}: "
                                    'a student narrower than the tokenizer cannot be trained against this teacher')
     if self.teacher_model is not None and output_width(self.teacher_model) < V:
@@ -246,7 +188,28 @@ def _check_temperature(self:DistillationTrainer, T:float):
 def _set_signature_columns_if_needed(self:DistillationTrainer):
     "The model's forward arguments plus the teacher fields, so `remove_unused_columns` keeps them."
     Trainer._set_signature_columns_if_needed(self)
-    self._signature_columns += [f for f in TEACHER_FIELDS if f not in self._signature_columns]
+    self._signature_columns += [f for f in (*TEACHER_FIELDS, 'cache_row') if f not in self._signature_columns]
+
+# %% ../nbs/08_trainer.ipynb #ae1c2751
+class _CacheRows(torch.utils.data.Dataset):
+    "A cache whose items also carry their row (`cache_row`), read a batch at a time as the cache itself is."
+    def __init__(self, cache): self.cache = cache
+    def __len__(self): return len(self.cache)
+    def __getitems__(self, indices):
+        items = self.cache.__getitems__(indices)
+        for it, i in zip(items, indices): it['cache_row'] = int(i)
+        return items
+    def __getitem__(self, i): return self.__getitems__([i])[0]
+
+# %% ../nbs/08_trainer.ipynb #f75249ba
+@patch
+def get_train_dataloader(self:DistillationTrainer):
+    "The Trainer's train DataLoader; a cache is read through `_CacheRows`, so its batches name their rows."
+    ds = self.train_dataset
+    if not isinstance(ds, CachedLogitsDataset): return Trainer.get_train_dataloader(self)
+    self.train_dataset = _CacheRows(ds)
+    try: return Trainer.get_train_dataloader(self)
+    finally: self.train_dataset = ds
 
 # %% ../nbs/08_trainer.ipynb #c36f11ca
 @patch
@@ -291,12 +254,38 @@ def _agreement(logits, hidden, head, labels, targets, V, chunk=1024):
                         for i in range(0, len(rows), chunk)] or [rows.new_zeros(0)])
     return int((s1 == t1).sum()), len(rows)
 
+# %% ../nbs/08_trainer.ipynb #81118733
+def _bad_rows(targets:dict) -> torch.Tensor:
+    "[B] bool: batch rows whose teacher targets hold NaN or +inf (or a non-finite LSE); -inf marks empty slots and is fine."
+    bad = torch.zeros(targets['teacher_ids'].shape[0], dtype=torch.bool, device=targets['teacher_ids'].device)
+    for key in ('teacher_logprobs', 'teacher_tail_logprob', 'teacher_lse'):
+        if key not in targets: continue
+        v = targets[key]
+        hit = v.isnan() | (v == math.inf) | ((v == -math.inf) if key == 'teacher_lse' else False)
+        bad |= hit.reshape(len(v), -1).any(1)
+    return bad
+
+# %% ../nbs/08_trainer.ipynb #a7839e8d
+@patch
+def _nonfinite_batch(self:DistillationTrainer, loss, bad, rows, outputs, return_outputs=False):
+    "Raise naming the step and rows of a batch with non-finite targets or loss; with `skip_nonfinite_batches`, warn and return a zero loss."
+    step, b = self.state.global_step + 1, bad.nonzero()[:, 0].tolist()
+    where = (f'cache rows {rows[b].tolist()}' if rows is not None else f'batch rows {b}') if b else None
+    what = f'non-finite teacher targets (NaN or +inf) in {where}' if b else f'a non-finite loss ({float(loss)}) on finite targets'
+    if not self.args.skip_nonfinite_batches:
+        raise FloatingPointError(f'step {step}: {what}; stopped before the optimizer step. Fix or drop those rows, or pass '
+                                 'skip_nonfinite_batches=True to skip such batches with a warning')
+    self._skipped_batches += 1
+    warnings.warn(f'step {step}: skipped a batch with {what} ({self._skipped_batches} skipped so far)')
+    zero = outputs.logits.float().sum() * 0.                # zero, still attached to the graph (DDP sees every parameter)
+    return (zero, outputs) if return_outputs else zero
+
 # %% ../nbs/08_trainer.ipynb #d0b17853
 @patch
 def compute_loss(self:DistillationTrainer, model, inputs:dict, return_outputs:bool=False, num_items_in_batch=None):
     "kdkit's distillation loss on the batch, normalised by the optimizer step's valid-token count (all micro-batches, all ranks)."
     a = self.args
-    labels = inputs['labels']
+    labels, rows = inputs['labels'], inputs.pop('cache_rows', None)
     targets = {key: inputs[key] for key in TEACHER_FIELDS if key in inputs}
     x = {key: v for key, v in inputs.items() if key not in TEACHER_FIELDS and key != 'labels'}
     if not targets: targets = self.online_targets(x)
@@ -311,6 +300,9 @@ def compute_loss(self:DistillationTrainer, model, inputs:dict, return_outputs:bo
         logits = outputs.logits
         res = distillation_loss(logits, labels, targets, **kw)
     loss = res.loss
+    if model.training:
+        bad = _bad_rows(targets)
+        if bool(~torch.isfinite(loss) | bad.any()): return self._nonfinite_batch(loss, bad, rows, outputs, return_outputs)
     if num_items_in_batch is not None and a.average_tokens_across_devices:
         scale = self.accelerator.num_processes // self.get_tp_size()  # DDP averages gradients; the sum / N wants their sum
         loss = loss * scale
@@ -381,8 +373,12 @@ def evaluation_loop(self:DistillationTrainer, dataloader, description, predictio
         if self.accelerator.num_processes > 1: s = self.accelerator.reduce(s, reduction='sum')
     finally: self._eval_sums = None
     ce, kd, agree, n = s.tolist()
-    out.metrics.update({f'{metric_key_prefix}_ce_loss': ce / max(n, 1), f'{metric_key_prefix}_kd_loss': kd / max(n, 1),
-                        f'{metric_key_prefix}_top1_agreement': agree / max(n, 1)})
+    keys = [f'{metric_key_prefix}_{k}' for k in ('ce_loss', 'kd_loss', 'top1_agreement')]
+    if n == 0:
+        warnings.warn(f'{description}: no scored tokens (every shifted label is -100): {", ".join(keys)} are NaN, not 0')
+        ce = kd = agree = n = math.nan
+        out.metrics[f'{metric_key_prefix}_loss'] = math.nan
+    out.metrics.update(dict(zip(keys, (ce / n, kd / n, agree / n))))
     return out
 
 # %% ../nbs/08_trainer.ipynb #1f4d3e34
@@ -419,56 +415,6 @@ def update_stage(self:DistillationTrainer, stage:Stage|dict, # the stage to appl
     self.stage = stage
     return self
 
-# %% ../nbs/08_trainer.ipynb #80191b81
-def _complete_checkpoints(folder) -> list:
-    "[(step, path)] of the finished checkpoints in `folder` (trainer_state.json is written last), by step."
-    out = []
-    for p in Path(folder).glob('checkpoint-*'):
-        m = re.fullmatch(r'checkpoint-(\d+)', p.name)
-        if not (m and p.is_dir() and (p / 'trainer_state.json').is_file()): continue
-        try: json.loads((p / 'trainer_state.json').read_text())
-        except ValueError: continue                   # killed while writing it
-        out.append((int(m.group(1)), p))
-    return sorted(out)
-
-# %% ../nbs/08_trainer.ipynb #17207f7d
-def run_stages(trainer:DistillationTrainer, # the trainer; its output_dir holds one folder per stage
-               stages:list, # Stage objects or plain dicts (Stage.from_dict)
-              ) -> list:
-    "Run the stages in order (each into output_dir/<name>, ending in a checkpoint), resuming a killed run; returns the log history."
-    stages = [Stage.from_dict(s) for s in stages]
-    if not stages: raise ValueError('run_stages: no stages given')
-    names = [s.name for s in stages]
-    if len(set(names)) != len(names): raise ValueError(f'run_stages: stage names must be distinct (they name folders), got {names}')
-    root = Path(trainer._base_args['output_dir'])
-    start, prev, ran = 0, None, False
-    for st in stages:
-        end = start + trainer.stage_steps(st)
-        done = _complete_checkpoints(root / st.name)
-        if done and done[-1][0] > end:
-            raise ValueError(f'{root / st.name} holds {done[-1][1].name}, past this stage\'s end at step {end}: '
-                             'the stages changed since that run; use a new output_dir')
-        if done and done[-1][0] == end:               # finished in an earlier run
-            start, prev = end, done[-1][1]; continue
-        trainer.update_stage(st, start_step=start)
-        trainer._save_at_end, ran = True, True
-        try:
-            if done: trainer.train(resume_from_checkpoint=str(done[-1][1]))        # killed inside this stage
-            elif prev is not None:                                                # new stage: state and weights of the last one
-                trainer._fresh_stage = True
-                trainer.train(resume_from_checkpoint=str(prev))
-            else: trainer.train()
-        finally: trainer._save_at_end = trainer._fresh_stage = False
-        prev = root / st.name / f'checkpoint-{end}'
-        if trainer.state.global_step != end:
-            raise RuntimeError(f'stage {st.name!r} stopped at step {trainer.state.global_step}, expected {end} (a callback stopped training?)')
-        start = end
-    if not ran:                                       # everything was done: load the final state and weights
-        trainer.update_stage(stages[-1], start_step=start - trainer.stage_steps(stages[-1]))
-        trainer._load_from_checkpoint(str(prev))
-        trainer.state = TrainerState.load_from_json(str(prev / 'trainer_state.json'))
-    return trainer.state.log_history
-
 # %% ../nbs/08_trainer.ipynb #d1012d8e
 from .models import evaluate_distillation  # re-exported: held-out metrics live in kdkit.models
-_all_ = ['evaluate_distillation']
+_all_ = ['evaluate_distillation', 'KD_TAILS', 'STAGE_FIELDS', 'Stage', 'parse_lr_rules', 'run_stages']  # re-exported

@@ -222,7 +222,7 @@ def test_run_stages_in_process(setup, tmp_path):
     assert [e['step'] for e in h2 if 'loss' in e] == [1, 2, 3, 4, 5] and tr2.state.global_step == 5
     assert all(torch.equal(w[k], v) for k, v in tr2.model.state_dict().items())
     with pytest.raises(ValueError, match='distinct'): run_stages(tr2, [dict(name='a'), dict(name='a')])
-    with pytest.raises(ValueError, match='past this stage'): run_stages(tr2, [dict(name='head', max_steps=1)])
+    with pytest.raises(ValueError, match=r'another plan: stages'): run_stages(tr2, [dict(name='head', max_steps=1)])
 
 # ---------------------------------------------------------------- bad input
 def test_cache_from_another_tokenizer_is_refused(setup, tmp_path):
@@ -255,9 +255,9 @@ def test_epoch_stage_and_manual_update_stage(setup, tmp_path):
     tr = DistillationTrainer(llama(setup['V'], 1, 1), a, train_dataset=setup['k16'])
     per_epoch = math.ceil(len(setup['k16']) / 8)
     assert tr.stage_steps(Stage('e', num_train_epochs=0.5)) == math.ceil(0.5 * per_epoch)
-    h = run_stages(tr, [Stage('e', num_train_epochs=0.5), Stage('s', max_steps=1, learning_rate=0.0)])
+    h = run_stages(tr, [Stage('e', num_train_epochs=0.5), Stage('s', max_steps=1, learning_rate=2e-5)])
     assert [e['step'] for e in h if 'loss' in e] == list(range(1, math.ceil(0.5 * per_epoch) + 2))
-    assert h[-2]['stage'] == 's' and h[-2]['learning_rate'] == 0.0
+    assert h[-2]['stage'] == 's' and h[-2]['learning_rate'] == 2e-5
     assert a.output_dir == str(tmp_path / 'out') and a.max_steps == -1 and a.learning_rate == 1e-3
     tr.update_stage(dict(name='manual', max_steps=2, alpha=1.0))   # then a plain train(): two steps of pure KD
     tr.train()
