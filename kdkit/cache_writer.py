@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import h5py
 from fastcore.basics import patch
-from tqdm.auto import tqdm
+from .progress import progress_bar
 import kdkit
 from .cache_format import (FORMAT_NAME, FORMAT_VERSION, ALIGNMENT, VALUE_PRESETS, CODECS, LIBVER, RUN_KEYS, CacheError,
                                 id_bits, create_cache_datasets, encode_targets, tokenizer_fingerprint, model_config_sha256,
@@ -324,7 +324,7 @@ def _prepare_parts(path:Path, meta:dict, resume:bool, rank:int, timeout:float) -
 def _write_segments(self:TeacherLogitsGenerator, rows:_Rows, meta:dict, parts:Path, segs:list, desc:str):
     "Compute and write segments `segs` (a list of (a, b)), with a tqdm bar in tokens."
     self.teacher.eval()
-    with tqdm(total=sum(b - a for a, b in segs) * rows.seq_len, unit='tok', unit_scale=True, disable=not self.progress, desc=desc) as bar:
+    with progress_bar(total=sum(b - a for a, b in segs) * rows.seq_len, unit='tok', unit_scale=True, disable=not self.progress, desc=desc) as bar:
         for a, b in segs: self._write_segment(rows, meta, parts, a, b, bar)
 
 # %% ../nbs/05_cache_writer.ipynb #c2de93e3

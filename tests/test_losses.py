@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from kdkit.losses import (DistillationLoss, topk_targets, sample_targets, distillation_loss, dense_distillation_loss,
+from kdkit.losses import (topk_targets, sample_targets, distillation_loss, dense_distillation_loss,
                           reconstruct_then_dense_loss, fused_distillation_loss)
 
 torch.set_num_threads(1)
