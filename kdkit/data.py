@@ -136,6 +136,8 @@ def _load_files(path):
     path = Path(path)
     files = sorted(p for p in path.rglob('*') if p.suffix in _DATA_FILES) if path.is_dir() else [path]
     if not files: raise ValueError(f"{path}: no .txt, .jsonl, .json or .parquet files in this folder")
+    empty = [p for p in files if p.stat().st_size == 0]
+    if empty: raise ValueError(f"{empty[0]}: the file is empty; give files that hold text")
     kinds = {_DATA_FILES.get(p.suffix) for p in files}
     if None in kinds: raise ValueError(f"{path}: unsupported file type; use one of {sorted(_DATA_FILES)}")
     if len(kinds) > 1: raise ValueError(f"{path}: mixed file types {sorted(kinds)}; use one kind per source")
@@ -209,6 +211,31 @@ def pack_blocks(ds:Dataset, # tokenised documents with `input_ids` and `labels` 
     return Dataset(pa.table({'input_ids': block(ids, np.int32), 'attention_mask': block(mask, np.int8),
                              'labels': block(labels, np.int32)}))
 
+# %% ../nbs/00_data.ipynb #c50672ad
+def _source_name(source) -> str:
+    "How errors name a source: its path or Hub name, or its kind."
+    return str(source) if isinstance(source, (str, Path)) else f'the {type(source).__name__} source'
+
+def _bad_message(m) -> str|None:
+    "What is wrong with one chat message, or None."
+    if not isinstance(m, dict): return f'a message must be a dict with "role" and "content", got {m!r}'
+    for f in ('role', 'content'):
+        if not isinstance(m.get(f), str): return f'field "{f}" must be a string, got {m.get(f)!r} (message {m!r})'
+    return None
+
+def _check_rows(ds:Dataset, text_field:str, chat:bool, name:str):
+    "A ValueError naming the source, row and field of the first text that is not a string or chat message that is malformed."
+    if not chat:
+        feat = ds.features.get(text_field)
+        if getattr(feat, 'dtype', None) in ('string', 'large_string'): return
+        i, v = next((i, v) for i, v in enumerate(ds[text_field]) if not isinstance(v, str) and v is not None)
+        raise ValueError(f"prepare_dataset: {name}, row {i}, field '{text_field}': text must be a string, got {type(v).__name__} {v!r}")
+    for i, chat_ in enumerate(ds['messages']):
+        if not isinstance(chat_, list) or not chat_: raise ValueError(f"prepare_dataset: {name}, row {i}, field 'messages': a chat must be a non-empty list of messages")
+        for j, m in enumerate(chat_):
+            bad = _bad_message(m)
+            if bad: raise ValueError(f"prepare_dataset: {name}, row {i}, field 'messages', message {j}: {bad}")
+
 # %% ../nbs/00_data.ipynb #23adee02
 def prepare_dataset(source, # dataset name, Dataset(Dict), saved folder, .txt/.jsonl/.parquet file(s) or folder, list of strings or chats
                     tokenizer, # a Hugging Face tokenizer with an EOS token
@@ -221,7 +248,8 @@ def prepare_dataset(source, # dataset name, Dataset(Dict), saved folder, .txt/.j
                     num_proc:int=None, # processes for tokenisation
                    ):
     "Tokenise, pack into `seq_len` blocks and label a corpus: `input_ids`, `attention_mask`, `labels`."
-    if seq_len is None or seq_len < 2: raise ValueError(f"prepare_dataset: seq_len must be at least 2, got {seq_len}")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+        raise ValueError(f"prepare_dataset: seq_len must be a whole number of tokens >= 2, got {seq_len!r}")
     if getattr(tokenizer, 'eos_token_id', None) is None:
         raise ValueError(f"prepare_dataset: the tokenizer {type(tokenizer).__name__} has no EOS token; "
                          "set tokenizer.eos_token (documents are separated by EOS)")
@@ -231,6 +259,7 @@ def prepare_dataset(source, # dataset name, Dataset(Dict), saved folder, .txt/.j
     if not chat and text_field not in ds.column_names:
         raise ValueError(f"prepare_dataset: the source has no '{text_field}' column (columns: {ds.column_names}); "
                          "pass text_field= or give chat data with a 'messages' column")
+    _check_rows(ds, text_field, chat, _source_name(source))
     if not chat: ds = ds.filter(lambda b: [bool(t and t.strip()) for t in b[text_field]], batched=True, desc='Dropping empty documents')
     if len(ds) == 0: raise ValueError("prepare_dataset: the source holds no text (empty dataset or only empty documents)")
     fn, kw = (_tokenize_chats, {}) if chat else (_tokenize_texts, {'text_field': text_field})

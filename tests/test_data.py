@@ -43,3 +43,21 @@ def test_held_out_fraction(tok):
     n = len(split["train"]) + len(split["test"])
     assert len(split["test"]) == round(0.1 * n)
     with pytest.raises(ValueError, match="test_size"): prepare_dataset(demo_corpus(3, seed=5), tok, 64, test_size=5)
+
+
+@pytest.mark.parametrize('source, seq_len, match', [
+    ([{"text": 5}], 64, "row 0, field 'text'"),
+    ([{"text": "fine"}, {"text": ["a", "list"]}], 64, "row 1, field 'text'"),
+    ([[{"content": "no role"}]], 64, 'field "role"'),
+    ([[{"role": "user", "content": "hi"}, "not a dict"]], 64, 'message 1'),
+    (["some text"], 2.5, 'whole number'),
+])
+def test_bad_rows_and_values_are_named(source, seq_len, match):
+    with pytest.raises(ValueError, match=match):
+        prepare_dataset(source, demo_tokenizer(), seq_len)
+
+
+def test_empty_text_file_is_named(tmp_path):
+    (tmp_path/'empty.txt').write_text('')
+    with pytest.raises(ValueError, match='empty.txt: the file is empty'):
+        prepare_dataset(tmp_path/'empty.txt', demo_tokenizer(), 64)
