@@ -136,12 +136,12 @@ def _load_files(path):
     path = Path(path)
     files = sorted(p for p in path.rglob('*') if p.suffix in _DATA_FILES) if path.is_dir() else [path]
     if not files: raise ValueError(f"{path}: no .txt, .jsonl, .json or .parquet files in this folder")
-    empty = [p for p in files if p.stat().st_size == 0]
-    if empty: raise ValueError(f"{empty[0]}: the file is empty; give files that hold text")
     kinds = {_DATA_FILES.get(p.suffix) for p in files}
     if None in kinds: raise ValueError(f"{path}: unsupported file type; use one of {sorted(_DATA_FILES)}")
     if len(kinds) > 1: raise ValueError(f"{path}: mixed file types {sorted(kinds)}; use one kind per source")
     kind = kinds.pop()
+    empty = [p for p in files if p.stat().st_size == 0]
+    if empty: raise ValueError(f"{empty[0]}: the file is empty; give files that hold text")
     kw = {'sample_by': 'paragraph'} if kind == 'text' else {}
     return load_dataset(kind, data_files=[str(p) for p in files], split='train', **kw)
 
