@@ -183,7 +183,7 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path, ref):
                         str(HERE / 'cache_worker.py'), str(out), '--dist'],
                        env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert 'DONE 0' in r.stdout and 'DONE 1' in r.stdout
+    assert r.returncode == 0 and r.stdout.count('DONE') == 2, r.stdout  # two ranks' lines may interleave
     assert_same_cache(ref, out)
 
 
