@@ -17,10 +17,19 @@ README = (ROOT/'README.md').read_text()
 FIRST_SCREEN = README[:README.index('## A tour')]
 
 def test_two_quick_start_commands():
-    cmds = load('tools/readme_commands.py').readme_commands(README)
-    assert 'kdkit demo' in cmds['demo'] and 'pip install torch==2.13.0' in cmds['demo']
-    assert 'pytest' in cmds['test'] and 'pip install torch==2.13.0' in cmds['test']
+    rc = load('tools/readme_commands.py')
+    cmds, pin = rc.readme_commands(README), rc.torch_pin()
+    assert re.fullmatch(r'\d+\.\d+\.\d+', pin), pin
+    for kind in 'demo', 'test': assert cmds[kind] == rc.quick_start(kind) and f'pip install torch=={pin} ' in cmds[kind]
+    assert 'kdkit demo' in cmds['demo'] and 'pytest' in cmds['test']
     assert cmds['demo'] in FIRST_SCREEN and cmds['test'] in FIRST_SCREEN
+
+def test_torch_is_pinned_in_one_place():
+    "Only pyproject.toml names the torch version; everything that installs torch reads it from there."
+    files = ['nbs/index.ipynb', 'tools/check_wheel.sh', '.ci/run', 'tests/test_readme.py', 'tools/readme_commands.py']
+    pin = load('tools/readme_commands.py').torch_pin()
+    assert [f for f in files if pin in (ROOT/f).read_text()] == []
+    assert 'readme_commands.py torch' in (ROOT/'tools'/'check_wheel.sh').read_text()
 
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT/'.ci'/'run').read_text()

@@ -4,7 +4,7 @@ set -euo pipefail
 root=$(pwd); tmp=$(mktemp -d)
 python -m build --wheel --outdir "$tmp/dist" . >"$tmp/build.log" 2>&1 || { tail -30 "$tmp/build.log"; exit 1; }
 python3 -m venv "$tmp/venv"
-"$tmp/venv/bin/pip" install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+"$tmp/venv/bin/pip" install -q "torch==$(python3 tools/readme_commands.py torch)" 2>&1 | grep -v "^WARNING: Location" || true
 "$tmp/venv/bin/pip" install -q "$tmp"/dist/*.whl 2>&1 | grep -v "^WARNING: Location" || true
 cd "$tmp"
 "$tmp/venv/bin/python" - <<'PY'
