@@ -63,13 +63,15 @@ def topk_targets(teacher_logits:torch.Tensor, # [B,S,V] teacher logits, any floa
     for r0 in range(0, N, step):
         r = slice(r0, min(r0 + step, N))
         zr = z[r].to(cd)                                                   # [C,V] fp32 (a view when already fp32)
-        h, ids[r] = zr.topk(k, dim=-1)                                     # [C,k] sorted: h[:, 0] is the row's max
-        l = torch.sub(zr, h[:, :1], out=buf[:zr.shape[0]])                 # [C,V] l - max <= 0 (same order as log-probs)
-        h = h - h[:, :1]                                                   # [C,k] the same differences, for the head
+        if k < V: h, ids[r] = zr.topk(k, dim=-1)                           # [C,k] sorted: h[:, 0] is the row's max
+        else: h, ids[r] = zr, torch.arange(V, device=dev)                  # k = V: every id in order, no sort
+        m = h[:, :1] if k < V else zr.amax(-1, keepdim=True)               # [C,1] the row's max
+        l = torch.sub(zr, m, out=buf[:zr.shape[0]])                        # [C,V] l - max <= 0 (same order as log-probs)
+        h = h - m                                                          # [C,k] the same differences, for the head
         for j, T in enumerate(temps.tolist()):                             # A_T = LSE(l/T) - LSE(l)/T (fixed below); 0 at T=1
             if T != 1.0: lse[r, j] = (l / T).logsumexp(-1)
         e = l.exp_()                                                       # [C,V] the one full exp pass (in place)
-        eh = e.gather(-1, ids[r]).sum(-1, dtype=torch.float64)             # [C] head mass (unnormalised, fp64)
+        eh = (e.gather(-1, ids[r]) if k < V else e).sum(-1, dtype=torch.float64)  # [C] head mass (unnormalised, fp64)
         et = e.scatter_(-1, ids[r], 0.).sum(-1).double() if k < V else torch.zeros_like(eh)  # [C] tail mass (fp32 sum: no cancellation)
         logZ = (eh + et).log()                                             # [C] LSE(l) in fp64 (>= 0: the max term is 1)
         lp[r] = (h.double() - logZ[:, None]).to(cd)
