@@ -13,6 +13,7 @@ kept; peak RSS from /proc VmHWM, above what the variant's inputs take):
 
 Step (one optimizer step of a transformers Trainer, same student, teacher, data and batch, fp32, no gradient
 checkpointing, CPU time and wall time of the steps after warm-up, sides in alternating rounds):
+  ce           - transformers.Trainer on the student's own CE: the floor of any distillation step (no teacher)
   kdkit_cached - DistillationTrainer on a k=64 HDF5 cache of the teacher, alpha 1 (KL only, as GKD)
   kdkit_online - DistillationTrainer with the teacher in the loop, all V ids (exact forward KL), alpha 1
   trl_gkd      - TRL's GKDTrainer with its online teacher: lmbda=0 (no student generation), beta=0 (forward KL),
@@ -20,6 +21,8 @@ checkpointing, CPU time and wall time of the steps after warm-up, sides in alter
                  (GKDConfig's defaults are True; kdkit runs fp32 without checkpointing)
 
 Targets (the issue's): kdkit loss <= 1.0x Liger in time and memory; kdkit cached step <= 0.5x TRL's, online <= 1.0x.
+The `ce` side shows how far a cached step can go: ce / trl_gkd is the lowest ratio any cached distillation step can have.
+`--part loss|step` rewrites only that part's figures in the results file.
 Writes bench/results/peers.json. Needs the bench extra: pip install --no-deps liger-kernel==0.8.5 trl==1.16.0
 
     python bench/bench_peers.py                          # loss at V 49152 and 128256, 4096 tokens; steps
@@ -35,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from bench.machine import machine  # noqa: E402
 
 LOSSES = ('kdkit', 'liger')
-STEPS = ('kdkit_cached', 'kdkit_online', 'trl_gkd')
+STEPS = ('ce', 'kdkit_cached', 'kdkit_online', 'trl_gkd')
 
 
 def _rss_mb():
@@ -158,7 +161,7 @@ def loss_part(a, fig, log):
 def step_part(a, fig, log):
     "kdkit cached, kdkit online and TRL GKD steps on the same student, teacher, data and batch; add figures."
     import torch
-    from transformers import default_data_collator
+    from transformers import Trainer, TrainingArguments, default_data_collator
     from trl.experimental.gkd import GKDConfig, GKDTrainer
     from bench.bench_trainer import StepTimer, teacher_model
     from kdkit.cache import CachedLogitsDataset, TeacherLogitsGenerator
@@ -179,7 +182,10 @@ def step_part(a, fig, log):
 
     def run(side):
         timer, student = StepTimer(), copy.deepcopy(student0)
-        if side == 'trl_gkd':
+        if side == 'ce':                                                    # the floor: the student's own step, no teacher
+            tr = Trainer(student, TrainingArguments(output_dir=str(tmp / side), **common), train_dataset=train,
+                         data_collator=default_data_collator, callbacks=[timer])
+        elif side == 'trl_gkd':
             args = GKDConfig(output_dir=str(tmp / side), **common, lmbda=0.0, beta=0.0, temperature=1.0, bf16=False,
                              gradient_checkpointing=False, max_length=a.seq_len)
             tr = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train,
@@ -205,10 +211,24 @@ def step_part(a, fig, log):
                        student_params=sum(p.numel() for p in student0.parameters()))
     gkd = 'TRL GKDTrainer lmbda=0, beta=0 (forward KL), T=1, KL only, fp32, no checkpointing; kdkit alpha=1, T=1'
     for s in STEPS: fig(f'{s}_step_cpu', cpu[s], 'ms')
+    fig('ce_over_trl_gkd_step_cpu', cpu['ce'] / cpu['trl_gkd'], 'x', None,
+        "the floor of any distillation step: the student's own CE step (transformers.Trainer) over TRL's")
+    fig('kdkit_cached_over_ce_step_cpu', cpu['kdkit_cached'] / cpu['ce'], 'x', None, 'what cached KD adds to a plain CE step')
     fig('kdkit_cached_over_trl_gkd_step_cpu', cpu['kdkit_cached'] / cpu['trl_gkd'], 'x', '<= 0.5', gkd + '; kdkit k=64 cache')
     fig('kdkit_online_over_trl_gkd_step_cpu', cpu['kdkit_online'] / cpu['trl_gkd'], 'x', '<= 1.0', gkd + '; kdkit all V ids')
     fig('kdkit_cached_over_trl_gkd_step_wall', wall['kdkit_cached'] / wall['trl_gkd'], 'x', None, gkd)
     fig('kdkit_online_over_trl_gkd_step_wall', wall['kdkit_online'] / wall['trl_gkd'], 'x', None, gkd)
+
+
+def merge_previous(out:dict, path:Path, part:str) -> dict:
+    "A `--part loss|step` run replaces only its own part of the results file; the other part's figures are kept."
+    if part == 'all' or not path.exists(): return out
+    old = json.loads(path.read_text())
+    ours = {f['name'] for f in out['figures']}
+    keep = [f for f in old.get('figures', []) if f['name'] not in ours and ('step' in f['name']) != (part == 'step')]
+    details = {k: v for k, v in old.get('details', {}).items() if k not in out['details']}
+    return dict(out, details=dict(details, **out['details']), figures=keep + out['figures'],
+                command=f"{old.get('command')} ; {out['command']}" if old.get('command') != out['command'] else out['command'])
 
 
 def main():
@@ -250,6 +270,7 @@ def main():
                config=dict(tokens=a.tokens, hidden=a.hidden, teacher_hidden=a.teacher_hidden, k=a.k, chunk=a.chunk,
                            repeats=a.repeats, loss_rounds=a.loss_rounds, threads=a.threads, dtype='float32', seconds=round(time.perf_counter() - t0)),
                details=log, figures=figs)
+    out = merge_previous(out, Path(a.out), a.part)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1) + '\n')
     for f in figs: print(f"{f['name']:42s} {f['value']:10.3f} {f['unit']}" + (f"  (target {f['target']})" if f['target'] else ''))
