@@ -15,10 +15,10 @@ import kdkit
 
 # %% auto #0
 __all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'READ_VERSIONS', 'ALIGNMENT', 'VALUE_PRESETS', 'CODECS', 'META_KEYS', 'COMPAT_KEYS',
-           'RUN_KEYS', 'LIBVER', 'CacheError', 'id_bits', 'encode_ids', 'decode_ids', 'quantise_logprobs',
-           'quant_error_bound', 'dequantise_logprobs', 'tokenizer_fingerprint', 'model_config_sha256', 'dataset_specs',
-           'create_cache_datasets', 'encode_targets', 'empty_batch', 'target_specs', 'decode_targets', 'fletcher32',
-           'read_cache_metadata']
+           'RUN_KEYS', 'LIBVER', 'DIRECT_CODECS', 'CacheError', 'id_bits', 'encode_ids', 'decode_ids',
+           'quantise_logprobs', 'quant_error_bound', 'dequantise_logprobs', 'tokenizer_fingerprint',
+           'model_config_sha256', 'dataset_specs', 'create_cache_datasets', 'encode_targets', 'empty_batch',
+           'target_specs', 'decode_targets', 'fletcher32', 'encode_chunks', 'read_cache_metadata']
 
 # %% ../nbs/04_cache_format.ipynb #c5a411a3
 FORMAT_NAME = 'kdkit-teacher-cache'
@@ -311,6 +311,27 @@ def fletcher32(chunks:list, # byte buffers (bytes, memoryviews)
     fold = lambda v: np.where(s1 == 0, 0, (v % 65535 - 1) % 65535 + 1)        # 0 only for all-zero input
     out[nz] = (fold(s2) << 16 | fold(s1)).astype(np.uint32)
     return out
+
+# %% ../nbs/04_cache_format.ipynb #c7e1a002
+try: from isal.isal_zlib import compress as _deflate; _DEFLATE_LEVEL = 2  # ISA-L: ~4x zlib's speed at the same size here
+except ImportError: from zlib import compress as _deflate; _DEFLATE_LEVEL = 6
+
+# %% ../nbs/04_cache_format.ipynb #c7e1a003
+DIRECT_CODECS = ('gzip', 'none')
+
+# %% ../nbs/04_cache_format.ipynb #c7e1a004
+def encode_chunks(arr:np.ndarray, # [n, ...] rows of one dataset, in its dtype (little-endian)
+                  codec:str, # the cache's codec (one of DIRECT_CODECS)
+                  checksum:bool=True, # append HDF5's Fletcher-32 trailer (format version 2)
+                 ) -> list:
+    "Each row of `arr` as the bytes HDF5 stores in its chunk with this format's filters for `codec`."
+    if codec not in DIRECT_CODECS: raise ValueError(f'codec={codec!r}: only {DIRECT_CODECS} chunks are made outside HDF5')
+    n, it = len(arr), arr.dtype.itemsize
+    b = np.ascontiguousarray(arr).reshape(n, -1).view(np.uint8)                # [n, m * itemsize] little-endian bytes
+    if codec == 'gzip' and it > 1: b = np.ascontiguousarray(b.reshape(n, -1, it).transpose(0, 2, 1)).reshape(n, -1)  # shuffle
+    chunks = [_deflate(r, _DEFLATE_LEVEL) for r in b] if codec == 'gzip' else [r.tobytes() for r in b]
+    if not checksum: return chunks
+    return [c + s.tobytes() for c, s in zip(chunks, fletcher32(chunks).astype('<u4'))]
 
 # %% ../nbs/04_cache_format.ipynb #0471cf95
 def _is_int(v) -> bool: return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))

@@ -6,7 +6,8 @@ Docs: https://kdkit.github.io/kdkit/cache_writer.html.md"""
 
 # %% ../nbs/05_cache_writer.ipynb #bcbaec49
 from __future__ import annotations
-import os, io, json, math, time, shutil, hashlib, fcntl, contextlib, datetime
+import os, io, json, math, time, shutil, hashlib, fcntl, contextlib, datetime, collections
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 import numpy as np
@@ -17,7 +18,7 @@ from .progress import progress_bar
 import kdkit
 from .cache_format import (FORMAT_NAME, FORMAT_VERSION, ALIGNMENT, VALUE_PRESETS, CODECS, LIBVER, RUN_KEYS, CacheError,
                                 id_bits, create_cache_datasets, encode_targets, tokenizer_fingerprint, model_config_sha256,
-                                read_cache_metadata, dataset_specs, _mismatch)
+                                read_cache_metadata, dataset_specs, encode_chunks, DIRECT_CODECS, _mismatch)
 from .models import output_width, model_lm_head, model_hidden_states
 from .losses import topk_targets, sample_targets
 
@@ -92,6 +93,7 @@ class TeacherLogitsGenerator:
                  chunk_size:int|None=256, # positions whose logits exist at once, whole sequences together when they fit
                  progress:bool=True, # show a tqdm bar with tokens/s
                  wait_timeout:float=3600., # seconds a rank waits for the others before a CacheError naming them
+                 workers:int|None=None, # threads that encode and deflate chunks while the teacher runs (default: one per core, at most 4)
                 ):
         if mode not in ('topk', 'sample'): raise ValueError(f"mode={mode!r}; use 'topk' or 'sample'")
         if codec not in CODECS: raise ValueError(f'codec={codec!r}; use one of {CODECS}')
@@ -109,6 +111,8 @@ class TeacherLogitsGenerator:
         self.n_samples, self.batch_size, self.seed, self.codec, self.value_bits = n_samples, batch_size, seed, codec, value_bits
         if not wait_timeout > 0: raise ValueError(f'wait_timeout={wait_timeout} must be > 0 seconds')
         self.segment_size, self.chunk_size, self.progress, self.wait_timeout = segment_size, chunk_size, progress, float(wait_timeout)
+        self.workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
+        if self.workers < 1: raise ValueError(f'workers={workers} must be >= 1')
         self._tokenizer_fingerprint = tokenizer_fingerprint(tokenizer)  # once per generator
 
 # %% ../nbs/05_cache_writer.ipynb #3737f00c
@@ -165,24 +169,39 @@ def _check_finite(bad:torch.Tensor, # [g,c] True where the teacher's output is n
 # %% ../nbs/05_cache_writer.ipynb #bbf876ba
 @patch
 @torch.inference_mode()
-def _targets(self:TeacherLogitsGenerator, x, m, start:int, meta:dict) -> dict:
-    "Encoded targets [B,S,...] for a batch of sequences starting at global index `start`."
-    groups = {}  # first sequence -> encoded chunks [g,c,...] in position order
+def _device_targets(self:TeacherLogitsGenerator, x, m, start:int) -> list:
+    "Targets of a batch starting at sequence `start`, computed on the teacher's device: [(first sequence, first position, [CPU target dicts])]."
+    out = []
     for i, c0, z in self._logit_chunks(x, m):
         if self.mode == 'topk':
             t = topk_targets(z, self.k, self.temperatures, chunk_size=32)
             _check_finite(t['teacher_logprobs'][..., 0].isnan() | ~t['teacher_lse'].isfinite().all(-1)
                           | t['teacher_tail_logprob'].isnan() | (t['teacher_tail_logprob'] > 0), start + i, c0)
-            enc = encode_targets(t, meta)
+            ts = [t]
         else:  # one generator per (sequence, chunk)
             _check_finite((z.isnan() | z.isposinf()).any(-1), start + i, c0)
-            seqs = [encode_targets(sample_targets(z[j:j + 1], self.n_samples, self.temperatures[0], chunk_size=32,
-                                                  generator=torch.Generator(device=z.device).manual_seed(sample_seed(self.seed, start + i + j, c0))),
-                                   meta) for j in range(len(z))]
-            enc = {key: np.concatenate([q[key] for q in seqs]) for key in seqs[0]}
-        groups.setdefault(i, []).append(enc)
+            ts = [sample_targets(z[j:j + 1], self.n_samples, self.temperatures[0], chunk_size=32,
+                                 generator=torch.Generator(device=z.device).manual_seed(sample_seed(self.seed, start + i + j, c0)))
+                  for j in range(len(z))]
+        out.append((i, c0, [{key: v.cpu() for key, v in t.items()} for t in ts]))  # only the [.., k] fields cross
+    return out
+
+# %% ../nbs/05_cache_writer.ipynb #a1c0e002
+def _chunks_of(arr:np.ndarray, meta:dict):
+    "`arr`'s rows as finished chunks (a list of bytes) when the codec is made outside HDF5, else `arr` itself."
+    return encode_chunks(arr, meta['codec'], meta['format_version'] >= 2) if meta['codec'] in DIRECT_CODECS else arr
+
+# %% ../nbs/05_cache_writer.ipynb #a1c0e003
+def _encode_batch(chunks:list, # what `_device_targets` returned for one batch
+                  meta:dict, # cache attributes
+                 ) -> dict:
+    "The cache datasets' rows [B, ...] of one batch, as finished chunks where the codec allows."
+    groups = {}  # first sequence -> encoded chunks [g,c,...] in position order
+    for i, c0, ts in chunks:
+        enc = [encode_targets(t, meta) for t in ts]
+        groups.setdefault(i, []).append({key: np.concatenate([q[key] for q in enc]) for key in enc[0]})
     parts = [{key: np.concatenate([q[key] for q in groups[i]], 1) for key in groups[i][0]} for i in sorted(groups)]
-    return {key: np.concatenate([q[key] for q in parts]) for key in parts[0]}
+    return {key: _chunks_of(np.concatenate([q[key] for q in parts]), meta) for key in parts[0]}
 
 # %% ../nbs/05_cache_writer.ipynb #e4389827
 def segment_path(parts:Path, # the run's parts folder (PATH.parts)
@@ -207,26 +226,26 @@ def _fsync(path):
     finally: os.close(fd)
 
 # %% ../nbs/05_cache_writer.ipynb #0dd42968
-@patch
-def _write_segment(self:TeacherLogitsGenerator, rows:_Rows, meta:dict, parts:Path, a:int, b:int, bar):
-    "Compute sequences [a, b) and write them atomically to their segment file."
+def _store_segment(r:dict, # the segment's input_ids, attention_mask, labels [b-a, S]
+                   batches:list, # futures of `_encode_batch`, in order
+                   meta:dict, parts:Path, a:int, b:int,
+                  ):
+    "Write sequences [a, b) atomically to their segment file (runs in the writer thread)."
     final = segment_path(parts, a, b)
     tmp = final.with_name(final.name + '.tmp')
-    r = rows.get(a, b)
-    if (r['input_ids'] < 0).any() or (r['input_ids'] >= self.V).any():
-        raise CacheError(f'{rows.name}: token ids outside [0, {self.V}) in rows {a}..{b}: tokenised with another tokenizer?')
-    enc = []
-    for s in range(a, b, self.batch_size):
-        e = min(s + self.batch_size, b)
-        enc.append(self._targets(r['input_ids'][s - a:e - a], r['attention_mask'][s - a:e - a], s, meta))
-        bar.update((e - s) * rows.seq_len)
-    enc = {key: np.concatenate([q[key] for q in enc]) for key in enc[0]}
+    m = dict(meta, n_sequences=b - a)
+    specs = dataset_specs(m)
+    data = {key: _chunks_of(r[key].astype(specs[key][1]), meta) for key in ('input_ids', 'attention_mask', 'labels')}
+    enc = [f.result() for f in batches]
+    for key, v in enc[0].items(): data[key] = [c for q in enc for c in q[key]] if isinstance(v, list) else np.concatenate([q[key] for q in enc])
     buf = io.BytesIO()  # HDF5 writes into memory; the disk sees one plain write, so a full disk is an OSError, not a crash
     with h5py.File(buf, 'w', libver=LIBVER) as f:
-        create_cache_datasets(f, b - a, dict(meta, n_sequences=b - a))
+        create_cache_datasets(f, b - a, m)
         f.attrs['segment_start'] = a
-        for key in ('input_ids', 'attention_mask', 'labels'): f[key][:] = r[key]
-        for key, v in enc.items(): f[key][:] = v
+        for key, v in data.items():
+            if isinstance(v, np.ndarray): f[key][:] = v; continue   # lzf, zstd: HDF5's pipeline
+            zeros = (0,) * (f[key].ndim - 1)
+            for i, c in enumerate(v): f[key].id.write_direct_chunk((i, *zeros), c)
     try:
         with open(tmp, 'wb') as fh: fh.write(buf.getbuffer())
         _fsync(tmp)
@@ -322,10 +341,29 @@ def _prepare_parts(path:Path, meta:dict, resume:bool, rank:int, timeout:float) -
 # %% ../nbs/05_cache_writer.ipynb #cd3396c3
 @patch
 def _write_segments(self:TeacherLogitsGenerator, rows:_Rows, meta:dict, parts:Path, segs:list, desc:str):
-    "Compute and write segments `segs` (a list of (a, b)), with a tqdm bar in tokens."
+    "Compute and write segments `segs` (a list of (a, b)): the teacher here, encoding in `workers` threads, HDF5 writes in one more."
     self.teacher.eval()
-    with progress_bar(total=sum(b - a for a, b in segs) * rows.seq_len, unit='tok', unit_scale=True, disable=not self.progress, desc=desc) as bar:
-        for a, b in segs: self._write_segment(rows, meta, parts, a, b, bar)
+    pool, writer = ThreadPoolExecutor(self.workers, 'kdkit-encode'), ThreadPoolExecutor(1, 'kdkit-write')
+    encoding, writing = collections.deque(), collections.deque()  # the bounded queues
+    try:
+        with progress_bar(total=sum(b - a for a, b in segs) * rows.seq_len, unit='tok', unit_scale=True, disable=not self.progress, desc=desc) as bar:
+            for a, b in segs:
+                r = rows.get(a, b)
+                if (r['input_ids'] < 0).any() or (r['input_ids'] >= self.V).any():
+                    raise CacheError(f'{rows.name}: token ids outside [0, {self.V}) in rows {a}..{b}: tokenised with another tokenizer?')
+                jobs = []
+                for s in range(a, b, self.batch_size):
+                    e = min(s + self.batch_size, b)
+                    jobs.append(pool.submit(_encode_batch, self._device_targets(r['input_ids'][s - a:e - a], r['attention_mask'][s - a:e - a], s), meta))
+                    encoding.append(jobs[-1])
+                    while len(encoding) > 2 * self.workers: encoding.popleft().result()
+                    bar.update((e - s) * rows.seq_len)
+                writing.append(writer.submit(_store_segment, r, jobs, meta, parts, a, b))
+                while len(writing) > 1 or (writing and writing[0].done()): writing.popleft().result()
+            while writing: writing.popleft().result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+        writer.shutdown()
 
 # %% ../nbs/05_cache_writer.ipynb #c2de93e3
 def _finish(path:Path, parts:Path, segs:list, meta:dict, rank:int, world:int, timeout:float):

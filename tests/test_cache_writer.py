@@ -370,3 +370,27 @@ def test_full_disk_during_the_run_is_a_clear_error(small_disk, monkeypatch, tmp_
     shutil.copytree(small_disk / 'c.h5.parts', tmp_path / 'c.h5.parts')
     W.make_generator().generate(W.toy_blocks(), tmp_path / 'c.h5')
     assert_same_cache(ref, tmp_path / 'c.h5')
+
+
+def test_pipelined_chunks_equal_hdf5s_own_filters(tmp_path, ref):
+    """Chunks deflated in the worker pool (any number of workers) read back, through plain h5py with checksums verified,
+    as the same arrays HDF5's own gzip + fletcher32 pipeline stores for the same targets."""
+    from kdkit.cache_format import create_cache_datasets, encode_targets
+    p = W.make_generator(workers=3).generate(W.toy_blocks(), tmp_path / 'w3.h5')
+    A, B = arrays(ref), arrays(p)
+    for k in A: np.testing.assert_array_equal(A[k], B[k])
+    meta = read_cache_metadata(ref)
+    t, data = W.tiny_llama(), W.toy_blocks()
+    with torch.no_grad():
+        logits = torch.cat([t(input_ids=torch.as_tensor(data['input_ids'][a:e]), attention_mask=torch.as_tensor(data['attention_mask'][a:e])).logits
+                            for s in range(0, W.N, 4) for a in range(s, min(s + 4, W.N), 3) for e in [min(a + 3, s + 4)]])  # the generator's batches
+    enc = encode_targets(topk_targets(logits, 16, (1.0, 2.0)), meta)
+    with h5py.File(tmp_path / 'sync.h5', 'w') as f:  # the synchronous way: HDF5 deflates and checksums every chunk
+        create_cache_datasets(f, W.N, meta)
+        for k in ('input_ids', 'attention_mask', 'labels'): f[k][:] = data[k]
+        for k, v in enc.items(): f[k][:] = v
+    C = arrays(tmp_path / 'sync.h5')
+    for k in ('input_ids', 'ids', 'codes'): np.testing.assert_array_equal(A[k], C[k])
+    with h5py.File(ref) as f:
+        mask, chunk = f['codes'].id.read_direct_chunk((0, 0, 0))
+        assert mask == 0 and f['codes'].compression == 'gzip' and f['codes'].fletcher32
