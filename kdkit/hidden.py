@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Sequence
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import nn
+import torch.distributed as dist
 from .losses import scored_rows
 from .models import ORIGIN_KEY, _hidden_of, decoder_layers_path
+from .stages import HIDDEN_LOSSES
 
 # %% auto #0
-__all__ = ['HIDDEN_LOSSES', 'PROJECTIONS_FILE', 'layer_outputs', 'hidden_layer_pairs', 'hidden_state_loss', 'HiddenProjections',
-           'save_projections', 'load_projections']
+__all__ = ['PROJECTIONS_FILE', 'layer_outputs', 'hidden_layer_pairs', 'hidden_state_loss', 'HiddenProjections',
+           'save_projections', 'load_projections', 'HiddenTerm', 'hidden_term', 'HIDDEN_LOSSES']
 
 # %% ../nbs/13_hidden.ipynb #f692ff95
 @contextlib.contextmanager
@@ -58,7 +61,7 @@ def hidden_layer_pairs(student, # the student model
     return pairs
 
 # %% ../nbs/13_hidden.ipynb #ad3166f9
-HIDDEN_LOSSES = ('cosine', 'mse')
+_all_ = ['HIDDEN_LOSSES']  # re-exported from kdkit.stages, where the arguments are checked
 
 def _pair_loss(x, y, kind):
     "Per-row loss [n] between student rows x [n,H] and teacher rows y [n,H], in the compute dtype."
@@ -121,3 +124,101 @@ def load_projections(folder) -> HiddenProjections:
     proj = HiddenProjections(d['pairs'], *d['widths'])
     proj.load_state_dict(d['state'])
     return proj
+
+# %% ../nbs/13_hidden.ipynb #6eb33c23
+class HiddenTerm:
+    "The hidden-state term of a run: its [student, teacher] layer pairs, the cache's layer order, the projections."
+    def __init__(self, pairs:list, # [[student_layer, teacher_layer], ...]
+                 kind:str='cosine', # 'cosine' or 'mse'
+                 cache_layers:list|None=None, # teacher layers of the caches' `teacher_hidden`, in order
+                 projections:HiddenProjections|None=None, # learned width maps (hidden_projection=True)
+                ):
+        self.pairs, self.kind, self.cache_layers, self.projections = [list(p) for p in pairs], kind, cache_layers, projections
+        self.student_layers = list(dict.fromkeys(s for s, _ in self.pairs))
+        self.teacher_layers = list(dict.fromkeys(t for _, t in self.pairs))
+
+# %% ../nbs/13_hidden.ipynb #758154a2
+@patch
+def teacher_states(self:HiddenTerm, th) -> list:
+    "Per pair the teacher's states [B,S,H]: from hooks ({layer: tensor}) or a batch's `teacher_hidden` [B,L,S,H]."
+    if isinstance(th, dict): return [th[t] for _, t in self.pairs]
+    return [th[:, self.cache_layers.index(t)] for _, t in self.pairs]
+
+# %% ../nbs/13_hidden.ipynb #d690efaa
+@patch
+def loss(self:HiddenTerm, student_states:dict, # {student_layer: [B,S,H_s]} from `layer_outputs`
+         th, # the teacher's states: {layer: [B,S,H_t]} or [B,L,S,H_t]
+         labels:torch.Tensor, # [B,S] unshifted labels
+         num_items_in_batch=None, # scored tokens of the optimizer step
+        ) -> torch.Tensor:
+    "The unweighted hidden-state term of a batch (`hidden_state_loss` over the pairs)."
+    proj = None if self.projections is None else self.projections.as_list()
+    return hidden_state_loss([student_states[s] for s, _ in self.pairs], self.teacher_states(th), labels, self.kind, num_items_in_batch, proj)
+
+# %% ../nbs/13_hidden.ipynb #c12e270e
+@patch
+def parameters(self:HiddenTerm) -> list:
+    "The trainable tensors of the projections (empty where the widths agree)."
+    return [] if self.projections is None else list(self.projections.parameters())
+
+@patch
+def all_reduce_grads(self:HiddenTerm):
+    "Average the projections' gradients over the ranks (they sit outside the DDP-wrapped student)."
+    ps = [p for p in self.parameters() if p.grad is not None]
+    if not ps or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return
+    for p in ps:
+        dist.all_reduce(p.grad)
+        p.grad /= dist.get_world_size()
+
+# %% ../nbs/13_hidden.ipynb #533c9318
+def _teacher_depth(teacher, sources) -> int|None:
+    "The teacher's decoder layers: the online teacher's, else a cache's `teacher_num_layers` (None when unknown)."
+    if teacher is not None: return len(teacher.get_submodule(decoder_layers_path(teacher)))
+    for _, ds in sources:
+        n = getattr(ds, 'teacher_num_layers', None) or (getattr(ds, 'metadata', None) or {}).get('teacher_num_layers')
+        if n: return int(n)
+    return None
+
+def _width(model) -> int:
+    "The hidden width of a causal LM's decoder."
+    cfg = model.config.get_text_config() if hasattr(model.config, 'get_text_config') else model.config
+    return int(cfg.hidden_size)
+
+# %% ../nbs/13_hidden.ipynb #f069bf90
+def _cache_layers(sources:list, pairs:list) -> list|None:
+    "The teacher layers all `sources` [(name, dataset)] hold as `teacher_hidden`; errors name the dataset and the missing pairs."
+    got = {}
+    for name, ds in sources:
+        layers = list(getattr(ds, 'hidden_layers', None) or [])
+        if not layers: raise ValueError(f'hidden_weight > 0: {name} has teacher targets but no teacher hidden states (its hidden_layers is empty): '
+                                        f'write the cache with the hidden states of teacher layers {sorted({t for _, t in pairs})}, or set hidden_weight=0')
+        bad = [p for p in pairs if p[1] not in layers]
+        if bad: raise ValueError(f'hidden_layers pairs {bad}: teacher layer(s) {sorted({t for _, t in bad})} not in {name}, '
+                                 f'which holds the hidden states of teacher layers {layers}')
+        got[name] = layers
+    if len({tuple(v) for v in got.values()}) > 1: raise ValueError(f'the datasets hold different teacher hidden layers: {got}; use caches written with the same hidden_layers')
+    return next(iter(got.values()), None)
+
+# %% ../nbs/13_hidden.ipynb #2cd373aa
+def hidden_term(student, # the student (unwrapped)
+                hidden_layers='auto', # 'auto' or [[student_layer, teacher_layer], ...]
+                kind:str='cosine', # 'cosine' or 'mse'
+                projection:bool=False, # learned maps where the widths differ
+                teacher=None, # the online teacher, or None
+                sources:list=(), # [(name, dataset)] of the datasets whose batches carry teacher targets (caches)
+                old:HiddenTerm|None=None, # a previous term: its projections are kept when pairs and widths agree
+               ) -> HiddenTerm:
+    "The `HiddenTerm` of a run, checked against the student, the online teacher and the caches."
+    if teacher is None and not sources: raise ValueError('hidden_weight > 0 needs teacher hidden states: pass teacher_model= (online, read by hooks) '
+                                                         'or train on a cache written with hidden states')
+    pairs = hidden_layer_pairs(student, hidden_layers, _teacher_depth(teacher, sources))
+    cache_layers = _cache_layers(list(sources), pairs)
+    ws = _width(student)
+    wt = _width(teacher) if teacher is not None else int(sources[0][1][0]['teacher_hidden'].shape[-1])
+    if ws != wt and not projection: raise ValueError(f'hidden_layers: the student is {ws} wide and the teacher {wt}; set hidden_projection=True '
+                                                     'to learn a map between them')
+    proj = None
+    if projection:
+        keep = old is not None and old.projections is not None and old.pairs == pairs and old.projections.widths == (ws, wt)
+        proj = old.projections if keep else HiddenProjections(pairs, ws, wt).to(next(student.parameters()).device)
+    return HiddenTerm(pairs, kind, cache_layers, proj)

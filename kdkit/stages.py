@@ -13,8 +13,8 @@ from transformers.trainer_utils import SchedulerType
 from .param_groups import ParameterGroupManager
 
 # %% auto #0
-__all__ = ['KD_TAILS', 'MIN_TEMPERATURE', 'STAGE_FIELDS', 'SCHEDULERS', 'RUN_PLAN', 'PLAN_ARGS', 'CACHE_KEYS', 'parse_lr_rules',
-           'Stage', 'run_plan', 'plan_diff', 'run_stages']
+__all__ = ['KD_TAILS', 'MIN_TEMPERATURE', 'HIDDEN_LOSSES', 'STAGE_FIELDS', 'SCHEDULERS', 'RUN_PLAN', 'PLAN_ARGS', 'CACHE_KEYS',
+           'parse_lr_rules', 'Stage', 'run_plan', 'plan_diff', 'run_stages']
 
 # %% ../nbs/14_stages.ipynb #st000007
 def _as_number(value, # the value given
@@ -45,6 +45,25 @@ def _check_kd(alpha, temperature, kd_tail=None, where='DistillationTrainingArgum
     if kd_tail is not None and kd_tail not in KD_TAILS:
         raise ValueError(f'{where}: kd_tail must be one of {KD_TAILS} ("bucket" is exact; "renorm" is biased), got {kd_tail!r}')
 
+# %% ../nbs/14_stages.ipynb #d7973492
+HIDDEN_LOSSES = ('cosine', 'mse')  # 1 - cos, or squared error over the teacher's squared norm
+
+def _check_hidden(weight, layers, loss, projection, where='DistillationTrainingArguments'):
+    "`layers` as 'auto' or [[s, t], ...] (a JSON string parsed); ValueError naming the field when a hidden-state knob is bad."
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not (math.isfinite(weight) and weight >= 0)):
+        raise ValueError(f'{where}: hidden_weight must be a finite number >= 0 (0 turns the hidden-state term off), got {weight!r}')
+    if loss is not None and loss not in HIDDEN_LOSSES: raise ValueError(f'{where}: hidden_loss must be one of {HIDDEN_LOSSES}, got {loss!r}')
+    if projection is not None and not isinstance(projection, bool): raise ValueError(f'{where}: hidden_projection must be True or False, got {projection!r}')
+    if layers is None or layers == 'auto': return layers
+    if isinstance(layers, str):
+        try: layers = json.loads(layers)
+        except json.JSONDecodeError: layers = None
+    ok = isinstance(layers, (list, tuple)) and len(layers) > 0 and all(
+        isinstance(pr, (list, tuple)) and len(pr) == 2 and all(isinstance(i, int) and not isinstance(i, bool) and i >= -1 for i in pr) for pr in layers)
+    if not ok: raise ValueError(f'{where}: hidden_layers must be "auto" or a non-empty list of [student_layer, teacher_layer] pairs '
+                                f'of ints >= -1 (-1: the final norm output), e.g. [[0, 1], [2, 5]]; got {layers!r}')
+    return [list(pr) for pr in layers]
+
 # %% ../nbs/14_stages.ipynb #st000014
 def parse_lr_rules(rules) -> list:
     "`rules` as a list of rule dicts: a list as is, a JSON string (the command line) parsed, None as []."
@@ -62,7 +81,7 @@ def parse_lr_rules(rules) -> list:
 
 # %% ../nbs/14_stages.ipynb #st000018
 STAGE_FIELDS = ('max_steps', 'num_train_epochs', 'learning_rate', 'lr_rules', 'alpha', 'temperature', 'warmup_steps',
-                'lr_scheduler_type', 'weight_decay')
+                'lr_scheduler_type', 'weight_decay', 'hidden_weight', 'hidden_layers', 'hidden_loss', 'hidden_projection')
 SCHEDULERS = tuple(s.value for s in SchedulerType)  # the names `lr_scheduler_type` accepts
 
 def _check_stage_values(v:dict, # {field: value} of STAGE_FIELDS; None values are skipped
@@ -79,10 +98,11 @@ def _check_stage_values(v:dict, # {field: value} of STAGE_FIELDS; None values ar
     if not ok('lr_scheduler_type', lambda x: getattr(x, 'value', x) in SCHEDULERS): bad('lr_scheduler_type', f'one of {SCHEDULERS}')
     if v.get('alpha') is not None or v.get('temperature') is not None:
         _check_kd(0.5 if v.get('alpha') is None else v['alpha'], 1.0 if v.get('temperature') is None else v['temperature'], where=where)
+    _check_hidden(v.get('hidden_weight'), v.get('hidden_layers'), v.get('hidden_loss'), v.get('hidden_projection'), where)
 
 # %% ../nbs/14_stages.ipynb #f780a1b6
 _NUMBERS = dict(max_steps=True, num_train_epochs=False, learning_rate=False, alpha=False, temperature=False, warmup_steps=False,
-                weight_decay=False)  # numeric fields of a Stage: True where a whole number is wanted
+                weight_decay=False, hidden_weight=False)  # numeric fields of a Stage: True where a whole number is wanted
 
 @dataclass
 class Stage:
@@ -97,6 +117,10 @@ class Stage:
     warmup_steps: float|None = None # warm-up steps (a float < 1 is a ratio of the stage)
     lr_scheduler_type: str|None = None # 'linear', 'cosine', 'constant', ...
     weight_decay: float|None = None # base weight decay
+    hidden_weight: float|None = None # weight of the hidden-state term (0 turns it off)
+    hidden_layers: str|list|None = None # 'auto' or [[student_layer, teacher_layer], ...]
+    hidden_loss: str|None = None # 'cosine' or 'mse'
+    hidden_projection: bool|None = None # learned maps where the student's width differs from the teacher's
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.-]*', self.name):
@@ -107,6 +131,7 @@ class Stage:
         for f, whole in _NUMBERS.items():
             if getattr(self, f) is not None: setattr(self, f, _as_number(getattr(self, f), f, where, whole))
         _check_stage_values({f: getattr(self, f) for f in STAGE_FIELDS if f != 'lr_rules'}, where)
+        self.hidden_layers = _check_hidden(None, self.hidden_layers, None, None, where)
         if self.lr_rules is not None: self.lr_rules = parse_lr_rules(self.lr_rules)
 
     @classmethod
@@ -132,6 +157,7 @@ def _check_stage(trainer, # a DistillationTrainer
         pgm = ParameterGroupManager(v['lr_rules'])
         pgm._check_trainable(pgm.plan(trainer.model))
         trainer._check_temperature(v['temperature'])
+        if v['hidden_weight']: trainer._hidden_term(v)  # the pairs fit the models and the cache
     except Exception as e:
         e.args = (f'{where}: {e.args[0] if e.args else e}', *e.args[1:])
         raise

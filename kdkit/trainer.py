@@ -6,7 +6,7 @@ Docs: https://kdkit.github.io/kdkit/trainer.html.md"""
 
 # %% ../nbs/08_trainer.ipynb #8b6b69eb
 from __future__ import annotations
-import copy, math, warnings
+import contextlib, copy, math, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -15,9 +15,10 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, default_da
 from transformers.trainer_pt_utils import nested_gather
 from .cache import CacheError, CachedLogitsDataset, collate_teacher_batch
 from .losses import distillation_loss, fused_distillation_loss, match_temperature, scored_rows, topk_targets
-from .models import model_lm_head, output_width
+from .hidden import PROJECTIONS_FILE, hidden_term, layer_outputs, save_projections
+from .models import full_lm_head, output_width
 from .param_groups import ParameterGroupManager
-from .stages import KD_TAILS, STAGE_FIELDS, Stage, _check_kd, parse_lr_rules, run_stages
+from .stages import KD_TAILS, STAGE_FIELDS, Stage, _check_hidden, _check_kd, parse_lr_rules, run_stages
 
 # %% auto #0
 __all__ = ['TEACHER_FIELDS', 'DistillationTrainingArguments', 'distillation_collate', 'teacher_top1', 'DistillationTrainer',
@@ -37,6 +38,12 @@ class DistillationTrainingArguments(TrainingArguments):
         'help': 'None: loss on the model\'s logits. An int: fused lm_head + loss over chunks of this many tokens.'})
     teacher_topk: int | None = field(default=None, metadata={
         'help': 'Online teacher only: None keeps all V ids (exact dense KL), an int keeps the top-k per position.'})
+    hidden_weight: float = field(default=0.0, metadata={'help': 'Weight of the hidden-state term (0 turns it off and costs nothing).'})
+    hidden_layers: list | str | None = field(default='auto', metadata={
+        'help': '"auto" (from the student\'s recorded layer origin) or [[student_layer, teacher_layer], ...] pairs of decoder layer '
+                'outputs (a JSON string on the command line); -1 = the final norm output.'})
+    hidden_loss: str = field(default='cosine', metadata={'help': 'Hidden-state loss: "cosine" (1 - cos) or "mse" (over the teacher\'s mean squared norm).'})
+    hidden_projection: bool = field(default=False, metadata={'help': 'Learned linear maps from the student\'s width to the teacher\'s (width-pruned students).'})
     skip_nonfinite_batches: bool = field(default=False, metadata={
         'help': 'A batch with NaN/inf teacher targets or loss: False stops with an error naming the step and rows; True skips it with a warning.'})
 
@@ -44,13 +51,14 @@ class DistillationTrainingArguments(TrainingArguments):
         super().__post_init__()
         _check_kd(self.alpha, self.temperature, self.kd_tail)
         self.lr_rules = parse_lr_rules(self.lr_rules)
+        self.hidden_layers = _check_hidden(self.hidden_weight, self.hidden_layers, self.hidden_loss, self.hidden_projection)
         for name in ('loss_chunk_size', 'teacher_topk'):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f'DistillationTrainingArguments: {name} must be None or an int >= 1, got {v!r}')
 
 # %% ../nbs/08_trainer.ipynb #5e619a40
-TEACHER_FIELDS = ('teacher_ids', 'teacher_logprobs', 'teacher_tail_logprob', 'teacher_lse', 'teacher_temperatures', 'teacher_counts')
+TEACHER_FIELDS = ('teacher_ids', 'teacher_logprobs', 'teacher_tail_logprob', 'teacher_lse', 'teacher_temperatures', 'teacher_counts', 'teacher_hidden')
 
 def distillation_collate(items:list) -> dict:
     "Batch cache items (teacher fields, `collate_teacher_batch`) or tokenised rows (`default_data_collator`); `cache_row`s as `cache_rows`."
@@ -77,6 +85,9 @@ class _DistillationCallback(TrainerCallback):
     def on_optimizer_step(self, args, state, control, **kwargs):
         opt = self.trainer.optimizer
         self.trainer._step_lrs = [(g.get('name'), g.get('lr_multiplier'), float(g['lr'])) for g in getattr(opt, 'param_groups', [])]
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        hid = self.trainer._hidden_term()
+        if hid is not None: hid.all_reduce_grads()          # the projections sit outside the DDP-wrapped student
     def on_step_end(self, args, state, control, **kwargs):
         if self.trainer._save_at_end and state.global_step >= state.max_steps:   # a stage's last step: log it, checkpoint it
             control.should_save = control.should_log = True
@@ -102,10 +113,9 @@ class DistillationTrainer(Trainer):
         if self.args.n_gpu > 1:
             raise ValueError('DistillationTrainer does not run under torch.nn.DataParallel (one process, several GPUs): '
                              'launch one process per GPU with torchrun or accelerate launch')
-        zero3 = self.is_deepspeed_enabled and getattr(self.accelerator.state.deepspeed_plugin, 'zero_stage', 0) == 3
-        if args.loss_chunk_size and (self.is_fsdp_enabled or zero3):
-            raise ValueError('loss_chunk_size (the fused lm_head path) needs the whole lm_head weight on each process; with FSDP or '
-                             'DeepSpeed ZeRO-3 it is sharded: use loss_chunk_size=None')
+        if args.loss_chunk_size and self.is_fsdp_enabled and int(getattr(self.accelerator.state.fsdp_plugin, 'fsdp_version', 1)) != 2:
+            raise ValueError('loss_chunk_size (the fused lm_head path) under FSDP1: its flat parameters cannot be gathered per module; '
+                             'use FSDP2 (fsdp_config={"version": 2}), DeepSpeed ZeRO-3, or loss_chunk_size=None')
         self.model_accepts_loss_kwargs = True  # the Trainer then counts num_items_in_batch (shifted labels, all ranks)
         self._loss_shifts_labels = True
         self.teacher_model = teacher_model
@@ -117,9 +127,10 @@ class DistillationTrainer(Trainer):
         self.param_groups_manager = ParameterGroupManager(self.args.lr_rules)
         self._base_args = {f: getattr(self.args, f) for f in (*STAGE_FIELDS, 'output_dir')}
         self.stage, self._stage_span, self._fresh_stage, self._save_at_end = None, None, False, False
-        self._log_sums = torch.zeros(2, dtype=torch.float64, device=self.args.device)  # ce, kd since the last log
+        self._log_sums = torch.zeros(3, dtype=torch.float64, device=self.args.device)  # ce, kd, hidden since the last log
         self._log_step, self._step_lrs, self._eval_sums, self._keeps_logits, self._held_rules = 0, None, None, None, []
-        self._skipped_batches = 0
+        self._skipped_batches, self._hidden = 0, None
+        self._hidden_term()                               # checks the hidden-state pairs against the models and data now
         self.add_callback(_DistillationCallback(self))
 
 # %% ../nbs/08_trainer.ipynb #b9e79ea7
@@ -183,6 +194,22 @@ def _check_temperature(self:DistillationTrainer, T:float):
         if mode == 'topk' and T != 1.0 and not ok:
             raise CacheError(f'{c.paths[0]}: the cache stores LSE for temperatures {temps}; temperature={T} needs a cache captured with it')
 
+# %% ../nbs/08_trainer.ipynb #8ac70e14
+@patch
+def _hidden_term(self:DistillationTrainer, v:dict|None=None, # hidden_* values (a stage's); default: the current arguments
+                ):
+    "The run's `HiddenTerm` for the arguments `v`, None when hidden_weight is 0; built once per distinct setting."
+    v = v or {f: getattr(self.args, f) for f in ('hidden_weight', 'hidden_layers', 'hidden_loss', 'hidden_projection')}
+    if not v['hidden_weight']: return None
+    key = repr([v['hidden_layers'], v['hidden_loss'], v['hidden_projection']])
+    if self._hidden is None or self._hidden[0] != key:
+        ev = self.eval_dataset
+        named = [('train_dataset', self.train_dataset)] + ([(f'eval_dataset[{k!r}]', d) for k, d in ev.items()] if isinstance(ev, dict) else [('eval_dataset', ev)])
+        sources = [(name, d) for name, d in named if d is not None and _has_targets(d)]
+        old = self._hidden[1] if self._hidden else None
+        self._hidden = (key, hidden_term(self.model, v['hidden_layers'], v['hidden_loss'], v['hidden_projection'], self.teacher_model, sources, old))
+    return self._hidden[1]
+
 # %% ../nbs/08_trainer.ipynb #a8908c4c
 @patch
 def _set_signature_columns_if_needed(self:DistillationTrainer):
@@ -214,6 +241,7 @@ def get_train_dataloader(self:DistillationTrainer):
 # %% ../nbs/08_trainer.ipynb #c36f11ca
 @patch
 def online_targets(self:DistillationTrainer, inputs:dict, # a batch: input_ids (attention_mask, position_ids)
+                   hidden_layers:list=(), # teacher layers whose outputs to keep (as `teacher_hidden`, {layer: [B,S,H]})
                   ) -> dict:
     "Teacher target fields for a batch from the online teacher: top-k (`teacher_topk`) or all V ids (exact)."
     if self.teacher_model is None:
@@ -221,9 +249,12 @@ def online_targets(self:DistillationTrainer, inputs:dict, # a batch: input_ids (
                          'teacher_model: train on a CachedLogitsDataset or pass teacher_model=')
     V, k = self.vocab_size, self.args.teacher_topk
     x = {key: inputs[key] for key in ('input_ids', 'attention_mask', 'position_ids') if key in inputs}
-    with torch.no_grad(): logits = self.teacher_model(**x).logits[..., :V]    # [B,S,V] teacher dtype
+    with torch.no_grad(), layer_outputs(self.teacher_model, hidden_layers) as got:   # hooks on the mapped layers only
+        logits = self.teacher_model(**x).logits[..., :V]                             # [B,S,V] teacher dtype
     temps = sorted({1.0, float(self.args.temperature)})
-    return topk_targets(logits, min(k or V, V), temperatures=temps)
+    out = topk_targets(logits, min(k or V, V), temperatures=temps)
+    if hidden_layers: out['teacher_hidden'] = dict(got)
+    return out
 
 # %% ../nbs/08_trainer.ipynb #4b15e9d8
 @patch
@@ -284,22 +315,30 @@ def _nonfinite_batch(self:DistillationTrainer, loss, bad, rows, outputs, return_
 @patch
 def compute_loss(self:DistillationTrainer, model, inputs:dict, return_outputs:bool=False, num_items_in_batch=None):
     "kdkit's distillation loss on the batch, normalised by the optimizer step's valid-token count (all micro-batches, all ranks)."
-    a = self.args
+    a, hid, core = self.args, self._hidden_term(), self.accelerator.unwrap_model(model)
     labels, rows = inputs['labels'], inputs.pop('cache_rows', None)
     targets = {key: inputs[key] for key in TEACHER_FIELDS if key in inputs}
     x = {key: v for key, v in inputs.items() if key not in TEACHER_FIELDS and key != 'labels'}
-    if not targets: targets = self.online_targets(x)
+    th = targets.pop('teacher_hidden', None)
+    if not targets: targets = self.online_targets(x, hid.teacher_layers if hid else ())
+    th = targets.pop('teacher_hidden', th)
     kw = dict(alpha=a.alpha, temperature=a.temperature, tail=a.kd_tail, vocab_size=self.vocab_size, num_items_in_batch=num_items_in_batch)
-    logits = hidden = head = None
+    evaluating, agree = not model.training and self._eval_sums is not None, None
+    with (layer_outputs(core, hid.student_layers) if hid else contextlib.nullcontext({})) as got:   # hooks only for the hidden term
+        if a.loss_chunk_size: outputs, hidden = self._forward_hidden(model, x)
+        else: outputs = model(**x)
     if a.loss_chunk_size:
-        outputs, hidden = self._forward_hidden(model, x)
-        head = model_lm_head(self.accelerator.unwrap_model(model))
-        res = fused_distillation_loss(hidden, head[0], labels, targets, lm_head_bias=head[1], chunk_size=a.loss_chunk_size, **kw)
+        with full_lm_head(core) as head:   # the whole weight, also under FSDP2 / ZeRO-3
+            res = fused_distillation_loss(hidden, head[0], labels, targets, lm_head_bias=head[1], chunk_size=a.loss_chunk_size, **kw)
+            if evaluating: agree = _agreement(None, hidden, head, labels, targets, self.vocab_size)
     else:
-        outputs = model(**x)
-        logits = outputs.logits
-        res = distillation_loss(logits, labels, targets, **kw)
-    loss = res.loss
+        res = distillation_loss(outputs.logits, labels, targets, **kw)
+        if evaluating: agree = _agreement(outputs.logits, None, None, labels, targets, self.vocab_size)
+    loss, hs = res.loss, None
+    if hid is not None:
+        if th is None: raise ValueError('hidden_weight > 0 but the batch has no teacher_hidden: train on a cache written with hidden states, or tokenised blocks with teacher_model=')
+        hs = hid.loss(got, th, labels, num_items_in_batch)
+        loss = loss + a.hidden_weight * hs
     if model.training:
         bad = _bad_rows(targets)
         if bool(~torch.isfinite(loss) | bad.any()): return self._nonfinite_batch(loss, bad, rows, outputs, return_outputs)
@@ -307,11 +346,11 @@ def compute_loss(self:DistillationTrainer, model, inputs:dict, return_outputs:bo
         scale = self.accelerator.num_processes // self.get_tp_size()  # DDP averages gradients; the sum / N wants their sum
         loss = loss * scale
     else: scale = 1
-    if model.training: self._log_sums += torch.stack([res.ce, res.kd]).to(self._log_sums) * scale
-    elif self._eval_sums is not None:
+    hsv = res.ce.new_zeros(()) if hs is None else hs.detach()
+    if model.training: self._log_sums += torch.stack([res.ce.float(), res.kd.float(), hsv.float()]).to(self._log_sums) * scale
+    elif agree is not None:
         N = float(num_items_in_batch) if num_items_in_batch is not None else max(res.n_valid, 1)
-        agree, n = _agreement(logits, hidden, head, labels, targets, self.vocab_size)
-        self._eval_sums += torch.tensor([float(res.ce) * N, float(res.kd) * N, agree, n], dtype=torch.float64, device=self._eval_sums.device)
+        self._eval_sums += torch.tensor([float(res.ce) * N, float(res.kd) * N, *agree, float(hsv) * N], dtype=torch.float64, device=self._eval_sums.device)
     return (loss, outputs) if return_outputs else loss
 
 # %% ../nbs/08_trainer.ipynb #17058c74
@@ -328,6 +367,9 @@ def create_optimizer(self:DistillationTrainer, model=None):
         if is_optimizer_factory(cls) or {'params', 'model', 'optimizer_dict'} & set(kw):
             raise ValueError(f'optim={self.args.optim!r} builds its own parameter groups, so lr_rules cannot apply; '
                              'use an optimizer that takes groups (adamw_torch, adamw_torch_fused, sgd, adafactor, ...)')
+        hid = self._hidden_term()
+        if hid is not None and hid.parameters():     # the projections train with the student, at the base rate
+            groups.append(dict(params=hid.parameters(), lr=self.args.learning_rate, weight_decay=0.0, name='hidden_projections', lr_multiplier=1.0))
         self.optimizer = cls(groups, **kw)
     return self.optimizer
 
@@ -344,14 +386,31 @@ def _load_optimizer_and_scheduler(self:DistillationTrainer, checkpoint):
     "Load optimizer and scheduler state, except when a new stage starts from the previous stage's last checkpoint."
     if not self._fresh_stage: Trainer._load_optimizer_and_scheduler(self, checkpoint)
 
+# %% ../nbs/08_trainer.ipynb #60dc4b9e
+@patch
+def _save(self:DistillationTrainer, output_dir=None, state_dict=None):
+    "The Trainer's save, plus the hidden-state projections (`hidden_projections.pt`) beside the student."
+    Trainer._save(self, output_dir, state_dict)
+    hid = self._hidden_term()
+    if hid is not None and hid.parameters(): save_projections(hid.projections, output_dir or self.args.output_dir)
+
+# %% ../nbs/08_trainer.ipynb #443b022c
+@patch
+def _load_from_checkpoint(self:DistillationTrainer, resume_from_checkpoint, model=None):
+    "The Trainer's load, plus the hidden-state projections saved in the checkpoint."
+    Trainer._load_from_checkpoint(self, resume_from_checkpoint, model)
+    hid, f = self._hidden_term(), Path(resume_from_checkpoint) / PROJECTIONS_FILE
+    if hid is not None and hid.parameters() and f.is_file(): hid.projections.load_state_dict(torch.load(f, weights_only=True)['state'])
+
 # %% ../nbs/08_trainer.ipynb #11141b65
 @patch
 def log(self:DistillationTrainer, logs:dict, start_time=None):
     "Add ce_loss and kd_loss (means over the logging interval, like loss), lr/<rule> and the stage, then log."
     if 'loss' in logs:
         n = max(self.state.global_step - self._log_step, 1)
-        s = nested_gather(self._log_sums, self.args.parallel_mode).reshape(-1, 2).mean(0)   # mean over ranks, as for loss
+        s = nested_gather(self._log_sums, self.args.parallel_mode).reshape(-1, 3).mean(0)   # mean over ranks, as for loss
         logs['ce_loss'], logs['kd_loss'] = float(s[0]) / n, float(s[1]) / n
+        if self.args.hidden_weight: logs['hidden_loss'] = float(s[2]) / n
         self._log_sums.zero_(); self._log_step = self.state.global_step
         if self._step_lrs:
             lrs = {name: 0.0 for name in self._held_rules}   # rules that hold no tensor are not logged
@@ -366,19 +425,19 @@ def log(self:DistillationTrainer, logs:dict, start_time=None):
 @patch
 def evaluation_loop(self:DistillationTrainer, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix='eval'):
     "The Trainer's loop, plus `<prefix>_ce_loss`, `<prefix>_kd_loss` (token means) and `<prefix>_top1_agreement` with the teacher."
-    self._eval_sums = torch.zeros(4, dtype=torch.float64, device=self.args.device)
+    self._eval_sums = torch.zeros(5, dtype=torch.float64, device=self.args.device)
     try:
         out = Trainer.evaluation_loop(self, dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         s = self._eval_sums
         if self.accelerator.num_processes > 1: s = self.accelerator.reduce(s, reduction='sum')
     finally: self._eval_sums = None
-    ce, kd, agree, n = s.tolist()
-    keys = [f'{metric_key_prefix}_{k}' for k in ('ce_loss', 'kd_loss', 'top1_agreement')]
+    ce, kd, agree, n, hs = s.tolist()
+    keys = [f'{metric_key_prefix}_{k}' for k in ('ce_loss', 'kd_loss', 'top1_agreement', 'hidden_loss')]
     if n == 0:
         warnings.warn(f'{description}: no scored tokens (every shifted label is -100): {", ".join(keys)} are NaN, not 0')
-        ce = kd = agree = n = math.nan
+        ce = kd = agree = n = hs = math.nan
         out.metrics[f'{metric_key_prefix}_loss'] = math.nan
-    out.metrics.update(dict(zip(keys, (ce / n, kd / n, agree / n))))
+    out.metrics.update(dict(zip(keys, (ce / n, kd / n, agree / n, hs / n) if self.args.hidden_weight else (ce / n, kd / n, agree / n))))
     return out
 
 # %% ../nbs/08_trainer.ipynb #1f4d3e34
