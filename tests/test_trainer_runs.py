@@ -6,6 +6,7 @@ import numpy as np
 import pytest, torch
 from kdkit.cache import TeacherLogitsGenerator
 from kdkit.data import demo_corpus, demo_tokenizer, prepare_dataset
+from kdkit.models import tiny_model
 from tiny import tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,11 +34,11 @@ def results(out):
     h = json.loads((Path(out) / 'history.json').read_text())
     return [e for e in h if 'loss' in e], torch.load(Path(out) / 'weights-rank0.pt')
 
-def assert_same(a, b, rtol=1e-5, wtol=1e-4):
+def assert_same(a, b, rtol=1e-5, wtol=1e-4, keys=('loss', 'ce_loss', 'kd_loss')):
     (la, wa), (lb, wb) = a, b
     assert [(e['step'], e['stage']) for e in la] == [(e['step'], e['stage']) for e in lb]
     for x, y in zip(la, lb):
-        for k in ('loss', 'ce_loss', 'kd_loss'): assert x[k] == pytest.approx(y[k], rel=rtol), (k, x, y)
+        for k in keys: assert x[k] == pytest.approx(y[k], rel=rtol), (k, x, y)
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < wtol
 
 COMMON = ['--chunk', 24, '--steps', '3,4', '--save_steps', 2, '--accum', 2]  # fused loss, 2 micro-batches per step
@@ -62,6 +63,21 @@ def test_ddp_two_processes_equal_one(cache, full, tmp_path):
     init = tiny_llama(ddp[1]['lm_head.weight'].shape[0], 2, seed=1).state_dict()  # the worker's student before training
     k = 'model.layers.0.mlp.up_proj.weight'
     assert not torch.equal(init[k], ddp[1][k])
+
+def test_ddp_hidden_two_processes_equal_one(cache, tmp_path):
+    "With the hidden-state term (cached teacher_hidden, mse, a width-32 student with learned projections): 2 ranks == 1 process."
+    hid = ['--hidden', 0.5, '--narrow']
+    run(['--cache', cache, '--out', tmp_path / 'one', '--batch', 4] + COMMON + hid)
+    run(['--cache', cache, '--out', tmp_path / 'ddp', '--batch', 2] + COMMON + hid, torchrun=True)
+    one, ddp = results(tmp_path / 'one'), results(tmp_path / 'ddp')
+    assert all(e['hidden_loss'] > 0 for e in one[0])
+    assert_same(one, ddp, rtol=1e-4, keys=('loss', 'ce_loss', 'kd_loss', 'hidden_loss'))
+    w1 = torch.load(tmp_path / 'ddp' / 'weights-rank1.pt')
+    assert all(torch.equal(w1[k], v) for k, v in ddp[1].items())                      # projections too: same on both ranks
+    init = tiny_model(ddp[1]['lm_head.weight'].shape[0], layers=2, hidden=32, seed=1).state_dict()
+    assert len([k for k in one[1] if k.startswith('hidden_projections.')]) == 2
+    assert not torch.equal(init['model.layers.0.mlp.up_proj.weight'], one[1]['model.layers.0.mlp.up_proj.weight'])
+    assert (tmp_path / 'one' / 'all' / 'checkpoint-7' / 'hidden_projections.pt').is_file()
 
 @pytest.mark.parametrize('kill_at', [5, pytest.param(3, marks=pytest.mark.slow)])
 def test_kill_and_resume(cache, full, tmp_path, kill_at):
