@@ -3,6 +3,7 @@ lm_head that `kdkit.models.full_lm_head` gathers under FSDP2 (`fully_shard` on t
 lm_head, and the root), each rank on its half of a fixed batch, against one process on the whole batch.
 Writes {case: {loss, ref, max_grad_diff, ...}} as JSON to --out (rank 0)."""
 import argparse, json
+from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -20,7 +21,8 @@ CASES = {  # name: (tied lm_head, lm_head with a bias, how the lm_head is groupe
     'tied head in the root group': (True, False, 'root', 1),
     'own head group with bias': (False, True, 'own', 1),
     'accelerate layout': (False, False, 'accelerate', 1),  # embed alone; [final norm, lm_head] one group kept unsharded after forward
-    'own head group, 2 accumulated micro-batches': (False, True, 'own', 2)}  # gradient sync only on the last
+    'own head group, 2 accumulated micro-batches': (False, True, 'own', 2),  # gradient sync only on the last
+    'through DistillationTrainer.compute_loss': (False, True, 'own', 1)}  # the trainer's own fused branch on the sharded model
 
 def make(tie, bias):
     "The same seeded tiny Llama on every rank (a biased lm_head swapped in when asked)."
@@ -36,6 +38,23 @@ def batch():
     x = torch.randint(0, V, (B, S), generator=g)
     y = x.clone(); y[0, :4] = -100; y[3, 7:] = -100
     return x, y, topk_targets(torch.randn(B, S, V, generator=g) * 3, k=8)
+
+def trainer_step(m, x, y, t, n_items, scale):
+    "DistillationTrainer.compute_loss itself (fused, loss_chunk_size=5) on the sharded model; it scales by the world size."
+    import contextlib
+    import kdkit.trainer as kt
+    from kdkit.trainer import DistillationTrainer, DistillationTrainingArguments
+    args = DistillationTrainingArguments(output_dir=str(Path(a.out).parent / 'trainer'), use_cpu=True, report_to=[], loss_chunk_size=5, alpha=0.6)
+    tr = DistillationTrainer(make(False, True), args, train_dataset=[dict(input_ids=x[0], labels=y[0], **{k: v[0] for k, v in t.items() if v.ndim > 1})])
+    seen, full = [], kt.full_lm_head
+    @contextlib.contextmanager
+    def spy(model):
+        with full(model) as head: seen.append(not isinstance(head[0], DTensor)); yield head
+    kt.full_lm_head = spy
+    try: loss = tr.compute_loss(m, dict(input_ids=x, labels=y, **t), num_items_in_batch=n_items)
+    finally: kt.full_lm_head = full
+    loss.backward()
+    return loss.detach() / scale, bool(seen) and all(seen)
 
 def step(m, x, y, t, n_items, scale=1.):
     "What DistillationTrainer's fused path does: the model's forward keeping one logit row, hidden states by hook, the loss."
@@ -70,7 +89,7 @@ for name, (tie, bias, own, micro) in CASES.items():
         rows = slice(rank * B // world + j * per, rank * B // world + (j + 1) * per)
         part = {k: v[rows] if v.ndim > 1 else v for k, v in t.items()}
         m.set_requires_gradient_sync(j == micro - 1)  # reduce-scatter once, after the last micro-batch
-        l, gathered = step(m, x[rows], y[rows], part, N, scale=world)
+        l, gathered = (trainer_step if 'Trainer' in name else step)(m, x[rows], y[rows], part, N, scale=world)
         loss += l
     sharded_after = isinstance(m.lm_head.weight, DTensor)
     dist.all_reduce(loss)

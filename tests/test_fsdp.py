@@ -18,7 +18,7 @@ def two_ranks(tmp_path_factory):
     return json.loads(out.read_text())
 
 @pytest.mark.parametrize('case', ['tied head in the root group', 'own head group with bias', 'accelerate layout',
-                                  'own head group, 2 accumulated micro-batches'])
+                                  'own head group, 2 accumulated micro-batches', 'through DistillationTrainer.compute_loss'])
 def test_two_ranks_equal_one_process(two_ranks, case):
     r = two_ranks[case]
     assert r['loss'] == pytest.approx(r['ref'], rel=1e-5, abs=1e-6), r
