@@ -28,7 +28,10 @@ def test_stage_numeric_strings_read_or_refused_naming_the_field():
 @pytest.mark.parametrize('bad,msg', [(dict(lr_rules=[{'pattern': r'layers\.7\.', 'lr_multiplier': 1}]), 'lr rule 0'),
                                      (dict(lr_scheduler_type='cosin'), 'lr_scheduler_type'), (dict(learning_rate=math.inf), 'learning_rate'),
                                      (dict(weight_decay=-1), 'weight_decay'), (dict(warmup_steps=-5), 'warmup_steps'),
-                                     (dict(temperature=1e-30), 'temperature')])
+                                     (dict(temperature=1e-30), 'temperature'), (dict(hidden_weight=-1), 'hidden_weight'),
+                                     (dict(hidden_layers=[[0]]), 'hidden_layers'), (dict(hidden_loss='l1'), 'hidden_loss'),
+                                     (dict(hidden_projection='yes'), 'hidden_projection'),
+                                     (dict(hidden_weight=1.0, hidden_layers=[[0, 1]]), 'no teacher hidden states')])
 def test_bad_stage_2_is_refused_before_stage_1_trains(cache, tmp_path, bad, msg):
     tr = DistillationTrainer(tiny_llama(layers=1, seed=1), targs(tmp_path), train_dataset=cache)
     with pytest.raises((ValueError, TypeError), match=msg):
@@ -83,3 +86,16 @@ def test_sample_cache_with_renorm_tail_is_refused(tmp_path):
     p = TeacherLogitsGenerator(tiny_llama(), ToyTokenizer(), mode='sample', n_samples=4, progress=False).generate(ds, tmp_path / 's.h5')
     with pytest.raises(ValueError, match='sampled targets'):
         DistillationTrainer(tiny_llama(layers=1), targs(tmp_path, kd_tail='renorm'), train_dataset=CachedLogitsDataset(p))
+
+def test_hidden_term_switched_on_by_a_stage(tmp_path):
+    "Stage 1 KD only, stage 2 with hidden_weight (online teacher, explicit pairs): hidden_loss logged in stage 2 only; the plan records it."
+    import json
+    blocks = Dataset.from_dict({k: v.tolist() for k, v in toy_blocks(16).items()})
+    teacher = tiny_llama(seed=0)
+    tr = DistillationTrainer(tiny_llama(layers=1, seed=1), targs(tmp_path), train_dataset=blocks, teacher_model=teacher)
+    hist = run_stages(tr, [dict(name='kd', max_steps=1), dict(name='hs', max_steps=2, hidden_weight=0.5, hidden_layers=[[0, 0], [-1, -1]], hidden_loss='mse')])
+    logs = [e for e in hist if 'loss' in e]
+    assert [('hidden_loss' in e, e['stage']) for e in logs] == [(False, 'kd'), (True, 'hs'), (True, 'hs')]
+    assert all(e['hidden_loss'] > 0 for e in logs[1:])
+    plan = json.loads((tmp_path / 'run' / 'run_plan.json').read_text())
+    assert plan['stages'][1]['hidden_layers'] == [[0, 0], [-1, -1]] and plan['stages'][0]['hidden_weight'] == 0.0
