@@ -132,7 +132,7 @@ META_KEYS = ('format', 'format_version', 'kdkit_version', 'mode', 'teacher_name'
 
 # %% ../nbs/04_cache_format.ipynb #bbb32127
 COMPAT_KEYS = ('format_version', 'mode', 'teacher_config_sha256', 'vocab_size', 'tokenizer_fingerprint', 'k',
-               'temperatures', 'n_samples', 'seq_len', 'quant_bits', 'quant_d0', 'quant_dmax', 'id_bits')
+               'temperatures', 'n_samples', 'seq_len', 'quant_bits', 'quant_d0', 'quant_dmax', 'id_bits', 'hidden_layers')
 
 # %% ../nbs/04_cache_format.ipynb #1a76004b
 RUN_KEYS = COMPAT_KEYS + ('dataset_fingerprint', 'n_sequences', 'seed', 'codec')
@@ -194,6 +194,7 @@ def dataset_specs(meta:dict, # the cache attributes
                  labels=((n, S), np.int32), ids=((n, S, k), np.uint16))
     if V > 1 << 17: specs['ids_hi'] = ((n, S, k), np.uint8)
     elif V > 1 << 16: specs['ids_hi'] = ((n, S, (k + 7) // 8), np.uint8)
+    if meta.get('hidden_layers'): specs['hidden'] = ((n, len(meta['hidden_layers']), S, meta['hidden_size']), np.uint16)  # bf16 bits
     if meta['mode'] == 'topk':
         specs['codes'] = ((n, S, k), np.uint8)
         specs['stats'] = ((n, S, 2 + len(_lse_temps(meta))), np.float32)
@@ -207,6 +208,7 @@ def create_cache_datasets(f:h5py.File, # an open, writable file
                          ):
     "Lay out an empty cache in `f`: the attributes and every dataset, one chunk per sequence (checksummed from version 2)."
     for key in META_KEYS: f.attrs[key] = meta[key]
+    if meta.get('hidden_layers'): f.attrs['hidden_layers'], f.attrs['hidden_size'] = np.asarray(meta['hidden_layers'], np.int64), meta['hidden_size']
     kw = dict(_codec_kwargs(meta['codec']), fletcher32=meta['format_version'] >= 2)
     for name, (shape, dt) in dataset_specs(meta, n).items():
         f.create_dataset(name, shape, dtype=dt, chunks=(1, *shape[1:]), **kw)
@@ -364,7 +366,10 @@ def _check_attributes(path, a:dict) -> dict:
     if temps.ndim > 1 or temps.size == 0 or temps.dtype.kind not in 'fiu' or not all(_is_num(t) and t > 0 for t in temps.reshape(-1).tolist()):
         raise bad('temperatures', 'a non-empty list of positive finite numbers')
     if a['mode'] == 'sample' and (temps.size != 1 or not 1 <= a['n_samples']): raise bad('temperatures', 'one capture temperature and n_samples >= 1 in sample mode')
-    return dict(a, temperatures=[float(t) for t in temps.reshape(-1)])
+    hl, hs = np.asarray(a.get('hidden_layers', [])), a.get('hidden_size', 0)
+    if hl.ndim > 1 or (hl.size and (hl.dtype.kind not in 'iu' or hl.min() < -1)): raise bad('hidden_layers', 'a list of teacher layer indices (integers >= -1)')
+    if hl.size and (not _is_int(hs) or not 1 <= hs <= 1 << 20): raise bad('hidden_size', 'an integer in [1, 1048576] (the teacher width) with hidden_layers')
+    return dict(a, temperatures=[float(t) for t in temps.reshape(-1)], hidden_layers=[int(i) for i in hl.reshape(-1)], hidden_size=int(hs) if hl.size else 0)
 
 # %% ../nbs/04_cache_format.ipynb #70417c85
 _FILTERS = {h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_FLETCHER32, 32000, 32015}  # + lzf, zstd

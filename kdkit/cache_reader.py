@@ -203,7 +203,8 @@ def _check_values(path, blk:dict, meta:dict, rows:np.ndarray):
         if bad.any(): raise CacheError(f'{path}: dataset {name!r} row {int(rows[bad.argmax()])}: {what[name]}; the file is damaged or not a kdkit cache')
     what = dict(input_ids=f'token ids outside [0, {V})', labels=f'labels other than -100 or ids in [0, {V})', ids=f'teacher ids at or above vocab_size {V}',
                 codes=f"codes above {2**meta['quant_bits'] - 1}", counts=f"counts that do not add up to n_samples={meta['n_samples']}",
-                stats='log-probs or tail log-masses above 0 or NaN, or LSEs not finite')
+                stats='log-probs or tail log-masses above 0 or NaN, or LSEs not finite', hidden='hidden states that are not finite (bf16 NaN or inf)')
+    if 'hidden' in blk: check('hidden', (blk['hidden'] & 0x7F80) == 0x7F80)  # bf16 exponent all ones
     check('input_ids', (blk['input_ids'] < 0) | (blk['input_ids'] >= V))
     check('labels', ((blk['labels'] < 0) & (blk['labels'] != -100)) | (blk['labels'] >= V))
     last = blk['ids'].sum(-1, dtype=np.int64)                                 # [n,S] deltas add up to the largest id
@@ -252,7 +253,9 @@ def read(self:CachedLogitsDataset, indices) -> dict:
     out = empty_batch({**{c: ((len(idx), S), torch.int64) for c in ('input_ids', 'attention_mask', 'labels')},
                        **target_specs(self.metadata, len(idx), self._temp_index)})
     for c in ('input_ids', 'attention_mask', 'labels'): np.copyto(out[c].numpy(), arrs[c])
-    return decode_targets(arrs, self.metadata, self._temp_index, out=out)
+    out = decode_targets(arrs, self.metadata, self._temp_index, out=out)
+    if 'hidden' in arrs: out['teacher_hidden'] = torch.from_numpy(np.ascontiguousarray(arrs['hidden']).view(np.int16).copy()).view(torch.bfloat16)  # [n,L,S,H]
+    return out
 
 # %% ../nbs/06_cache_reader.ipynb #c6749afa
 @patch
@@ -267,6 +270,12 @@ def __getitems__(self:CachedLogitsDataset, indices) -> list:
 # %% ../nbs/06_cache_reader.ipynb #80201d35
 @patch
 def __getitem__(self:CachedLogitsDataset, i): return self.__getitems__([i])[0]
+
+# %% ../nbs/06_cache_reader.ipynb #d6e0a002
+@patch(as_prop=True)
+def hidden_layers(self:CachedLogitsDataset) -> list:
+    "The teacher layers whose outputs the cache stores (`teacher_hidden`), in order; [] when none."
+    return list(self.metadata.get('hidden_layers') or [])
 
 # %% ../nbs/06_cache_reader.ipynb #cfaacf59
 @patch
@@ -333,8 +342,10 @@ def inspect_cache(path, # a cache file
     m, n, S = ds.metadata, len(ds), ds.metadata['seq_len']
     if not -n <= row < n: raise CacheError(f'{path}: row={row} is outside the cache\'s {n} rows')
     size = Path(path).stat().st_size
-    out = dict(path=str(path), metadata={key: m[key] for key in META_KEYS}, rows=n, tokens=n * S, file_bytes=size,
+    out = dict(path=str(path), metadata={key: m[key] for key in META_KEYS + ('hidden_layers', 'hidden_size')}, rows=n, tokens=n * S, file_bytes=size,
                bytes_per_token=size / (n * S), bytes_per_entry=size / (n * S * m['k']))
+    if m['hidden_layers']:
+        with h5py.File(path, 'r') as f: out['hidden_bytes_per_token'] = f['hidden'].id.get_storage_size() / (n * S)
     sample = ds.read(np.linspace(0, n - 1, min(n, 64)).astype(int))
     if m['mode'] == 'topk': out['mean_topk_mass'] = float((-torch.expm1(sample['teacher_tail_logprob'].double())).mean())
     else: out['mean_unique_ids'] = float((sample['teacher_counts'] > 0).sum(-1).float().mean())
@@ -359,6 +370,9 @@ def format_inspection(info:dict) -> str:
              f"{m['quant_bits']}-bit log-probs, ids {m['id_bits']} bits",
              f"rows {info['rows']}, tokens {info['tokens']}, {info['file_bytes']} bytes: "
              f"{info['bytes_per_token']:.1f} B/token, {info['bytes_per_entry']:.3f} B/entry"]
+    if m.get('hidden_layers'):
+        lines.append(f"teacher hidden states of layers {list(m['hidden_layers'])} (width {m['hidden_size']}, bf16): "
+                     f"{info['hidden_bytes_per_token']:.1f} B/token stored, {2 * len(m['hidden_layers']) * m['hidden_size']} B/token raw")
     if 'mean_topk_mass' in info: lines.append(f"mean teacher mass covered by the top-{m['k']}: {info['mean_topk_mass']:.4f}")
     else: lines.append(f"mean unique sampled ids per position: {info['mean_unique_ids']:.2f}")
     if info.get('tokenizer_matches') is False: lines.append("warning: the tokenizer given is not the cache's (fingerprints differ): the text below may be wrong")

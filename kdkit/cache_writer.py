@@ -19,7 +19,8 @@ import kdkit
 from .cache_format import (FORMAT_NAME, FORMAT_VERSION, ALIGNMENT, VALUE_PRESETS, CODECS, LIBVER, RUN_KEYS, CacheError,
                                 id_bits, create_cache_datasets, encode_targets, tokenizer_fingerprint, model_config_sha256,
                                 read_cache_metadata, dataset_specs, encode_chunks, DIRECT_CODECS, _mismatch)
-from .models import output_width, model_lm_head, model_hidden_states
+from .models import output_width, model_lm_head, model_hidden_states, decoder_layers_path
+from .hidden import layer_outputs
 from .losses import topk_targets, sample_targets
 
 # %% auto #0
@@ -94,6 +95,7 @@ class TeacherLogitsGenerator:
                  progress:bool=True, # show a tqdm bar with tokens/s
                  wait_timeout:float=3600., # seconds a rank waits for the others before a CacheError naming them
                  workers:int|None=None, # threads that encode and deflate chunks while the teacher runs (default: one per core, at most 4)
+                 hidden_layers:Sequence[int]|None=None, # also store these teacher decoder layers' outputs (before the final norm), bf16
                 ):
         if mode not in ('topk', 'sample'): raise ValueError(f"mode={mode!r}; use 'topk' or 'sample'")
         if codec not in CODECS: raise ValueError(f'codec={codec!r}; use one of {CODECS}')
@@ -113,6 +115,12 @@ class TeacherLogitsGenerator:
         self.segment_size, self.chunk_size, self.progress, self.wait_timeout = segment_size, chunk_size, progress, float(wait_timeout)
         self.workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
         if self.workers < 1: raise ValueError(f'workers={workers} must be >= 1')
+        self.hidden_layers = [int(i) for i in (hidden_layers or [])]
+        if self.hidden_layers:
+            n = len(teacher.get_submodule(decoder_layers_path(teacher)))
+            bad = [i for i in self.hidden_layers if not -1 <= i < n]
+            if bad or len(set(self.hidden_layers)) < len(self.hidden_layers):
+                raise ValueError(f'hidden_layers={self.hidden_layers}: give distinct teacher layer indices in [-1, {n}) (the teacher has {n} decoder layers)')
         self._tokenizer_fingerprint = tokenizer_fingerprint(tokenizer)  # once per generator
 
 # %% ../nbs/05_cache_writer.ipynb #3737f00c
@@ -132,7 +140,8 @@ def metadata(self:TeacherLogitsGenerator, rows:_Rows) -> dict:
                 dataset_fingerprint=rows.fingerprint(), n_sequences=rows.n, alignment=ALIGNMENT,
                 id_encoding='sorted ascending, delta-coded (first = id); low 16 bits in ids, high bits in ids_hi',
                 id_bits=id_bits(self.V), value_encoding='codes: round(K ln(1 + (top1 - logp)/d0)), K = (2^bits-1)/ln(1+dmax/d0)',
-                quant_bits=self.value_bits, quant_d0=d0, quant_dmax=dmax, codec=self.codec)
+                quant_bits=self.value_bits, quant_d0=d0, quant_dmax=dmax, codec=self.codec,
+                hidden_layers=self.hidden_layers, hidden_size=int(cfg.hidden_size) if self.hidden_layers else 0)
 
 # %% ../nbs/05_cache_writer.ipynb #1584415f
 @patch
@@ -169,22 +178,26 @@ def _check_finite(bad:torch.Tensor, # [g,c] True where the teacher's output is n
 # %% ../nbs/05_cache_writer.ipynb #bbf876ba
 @patch
 @torch.inference_mode()
-def _device_targets(self:TeacherLogitsGenerator, x, m, start:int) -> list:
-    "Targets of a batch starting at sequence `start`, computed on the teacher's device: [(first sequence, first position, [CPU target dicts])]."
+def _device_targets(self:TeacherLogitsGenerator, x, m, start:int) -> tuple:
+    "Targets of a batch starting at sequence `start`, computed on the teacher's device: ([(first sequence, first position, [CPU target dicts])], hidden)."
     out = []
-    for i, c0, z in self._logit_chunks(x, m):
-        if self.mode == 'topk':
-            t = topk_targets(z, self.k, self.temperatures, chunk_size=32)
-            _check_finite(t['teacher_logprobs'][..., 0].isnan() | ~t['teacher_lse'].isfinite().all(-1)
-                          | t['teacher_tail_logprob'].isnan() | (t['teacher_tail_logprob'] > 0), start + i, c0)
-            ts = [t]
-        else:  # one generator per (sequence, chunk)
-            _check_finite((z.isnan() | z.isposinf()).any(-1), start + i, c0)
-            ts = [sample_targets(z[j:j + 1], self.n_samples, self.temperatures[0], chunk_size=32,
-                                 generator=torch.Generator(device=z.device).manual_seed(sample_seed(self.seed, start + i + j, c0)))
-                  for j in range(len(z))]
-        out.append((i, c0, [{key: v.cpu() for key, v in t.items()} for t in ts]))  # only the [.., k] fields cross
-    return out
+    hooks = layer_outputs(self.teacher, self.hidden_layers) if self.hidden_layers else contextlib.nullcontext()
+    with hooks as got:  # forward hooks: the stored layers' outputs during the same forward
+        for i, c0, z in self._logit_chunks(x, m):
+            if self.mode == 'topk':
+                t = topk_targets(z, self.k, self.temperatures, chunk_size=32)
+                _check_finite(t['teacher_logprobs'][..., 0].isnan() | ~t['teacher_lse'].isfinite().all(-1)
+                              | t['teacher_tail_logprob'].isnan() | (t['teacher_tail_logprob'] > 0), start + i, c0)
+                ts = [t]
+            else:  # one generator per (sequence, chunk)
+                _check_finite((z.isnan() | z.isposinf()).any(-1), start + i, c0)
+                ts = [sample_targets(z[j:j + 1], self.n_samples, self.temperatures[0], chunk_size=32,
+                                     generator=torch.Generator(device=z.device).manual_seed(sample_seed(self.seed, start + i + j, c0)))
+                      for j in range(len(z))]
+            out.append((i, c0, [{key: v.cpu() for key, v in t.items()} for t in ts]))  # only the [.., k] fields cross
+    if not self.hidden_layers: return out, None
+    h = torch.stack([got[i] for i in self.hidden_layers], 1)                # [B,L,S,H]
+    return out, h.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
 
 # %% ../nbs/05_cache_writer.ipynb #a1c0e002
 def _chunks_of(arr:np.ndarray, meta:dict):
@@ -192,7 +205,8 @@ def _chunks_of(arr:np.ndarray, meta:dict):
     return encode_chunks(arr, meta['codec'], meta['format_version'] >= 2) if meta['codec'] in DIRECT_CODECS else arr
 
 # %% ../nbs/05_cache_writer.ipynb #a1c0e003
-def _encode_batch(chunks:list, # what `_device_targets` returned for one batch
+def _encode_batch(chunks:list, # the target chunks `_device_targets` returned for one batch
+                  hidden:np.ndarray|None, # its teacher hidden states [B,L,S,H] (bf16 bits), or None
                   meta:dict, # cache attributes
                  ) -> dict:
     "The cache datasets' rows [B, ...] of one batch, as finished chunks where the codec allows."
@@ -201,7 +215,9 @@ def _encode_batch(chunks:list, # what `_device_targets` returned for one batch
         enc = [encode_targets(t, meta) for t in ts]
         groups.setdefault(i, []).append({key: np.concatenate([q[key] for q in enc]) for key in enc[0]})
     parts = [{key: np.concatenate([q[key] for q in groups[i]], 1) for key in groups[i][0]} for i in sorted(groups)]
-    return {key: _chunks_of(np.concatenate([q[key] for q in parts]), meta) for key in parts[0]}
+    out = {key: np.concatenate([q[key] for q in parts]) for key in parts[0]}
+    if hidden is not None: out['hidden'] = hidden
+    return {key: _chunks_of(v, meta) for key, v in out.items()}
 
 # %% ../nbs/05_cache_writer.ipynb #e4389827
 def segment_path(parts:Path, # the run's parts folder (PATH.parts)
@@ -229,6 +245,7 @@ def _fsync(path):
 def _store_segment(r:dict, # the segment's input_ids, attention_mask, labels [b-a, S]
                    batches:list, # futures of `_encode_batch`, in order
                    meta:dict, parts:Path, a:int, b:int,
+                   merged:tuple|None=None, # PATH.tmp to copy the segment into once written (see below)
                   ):
     "Write sequences [a, b) atomically to their segment file (runs in the writer thread)."
     final = segment_path(parts, a, b)
@@ -244,8 +261,9 @@ def _store_segment(r:dict, # the segment's input_ids, attention_mask, labels [b-
         f.attrs['segment_start'] = a
         for key, v in data.items():
             if isinstance(v, np.ndarray): f[key][:] = v; continue   # lzf, zstd: HDF5's pipeline
-            zeros = (0,) * (f[key].ndim - 1)
-            for i, c in enumerate(v): f[key].id.write_direct_chunk((i, *zeros), c)
+            d = f[key].id  # looked up once: a lookup costs more than writing a chunk
+            zeros = (0,) * (len(d.shape) - 1)
+            for i, c in enumerate(v): d.write_direct_chunk((i, *zeros), c)
     try:
         with open(tmp, 'wb') as fh: fh.write(buf.getbuffer())
         _fsync(tmp)
@@ -253,26 +271,55 @@ def _store_segment(r:dict, # the segment's input_ids, attention_mask, labels [b-
         tmp.unlink(missing_ok=True)
         raise CacheError(f'{final}: cannot write the segment ({e.strerror or e}); free disk space and run again: finished segments are kept and reused') from None
     os.replace(tmp, final)
+    if merged is None: return
+    try: _copy_segment(merged, parts, a, b)
+    except (OSError, RuntimeError) as e: raise CacheError(f'{final.parent}: cannot write the merged cache ({e}); free disk space and run again (the segments are kept)') from None
+
+# %% ../nbs/05_cache_writer.ipynb #e3a10001
+def _copy_segment(merged:tuple, # (Python file, h5py file, set of copied segment starts) of PATH.tmp
+                  parts:Path, a:int, b:int):
+    "Copy segment [a, b)'s stored chunks into the merged file as they are."
+    with h5py.File(segment_path(parts, a, b), 'r') as f:
+        for name, src in f.items():
+            s, d, zeros = src.id, merged[1][name].id, (0,) * (src.ndim - 1)  # looked up once: a lookup costs more than a chunk
+            for i in range(b - a):
+                mask, chunk = s.read_direct_chunk((i, *zeros))
+                d.write_direct_chunk((a + i, *zeros), chunk, mask)
+    merged[2].add(a)
+
+# %% ../nbs/05_cache_writer.ipynb #e3a10002
+def _open_merged(path:Path, meta:dict) -> tuple:
+    "PATH.tmp laid out for the whole cache, as (Python file, h5py file, set of copied segment starts)."
+    fh = open(path.with_name(path.name + '.tmp'), 'w+b')  # through a Python file object: a full disk is an OSError
+    out = h5py.File(fh, 'w', libver=LIBVER)
+    create_cache_datasets(out, meta['n_sequences'], meta)
+    return fh, out, set()
+
+# %% ../nbs/05_cache_writer.ipynb #e3a10003
+def _discard_merged(path:Path, merged:tuple|None):
+    "Close and remove an unfinished PATH.tmp."
+    if merged is None: return
+    for h in merged[1::-1]:
+        try: h.close()
+        except (OSError, RuntimeError, ValueError): pass
+    path.with_name(path.name + '.tmp').unlink(missing_ok=True)
 
 # %% ../nbs/05_cache_writer.ipynb #00fa6948
-def _merge_segments(path:Path, parts:Path, segs:list, meta:dict):
-    "Copy every segment's chunks into PATH.tmp, then rename it to PATH and remove the parts."
+def _merge_segments(path:Path, parts:Path, segs:list, meta:dict, merged:tuple|None=None):
+    "Copy every segment's chunks not yet in `merged` into PATH.tmp, then rename it to PATH and remove the parts."
     tmp = path.with_name(path.name + '.tmp')
-    need, free = sum(segment_path(parts, *s).stat().st_size for s in segs) + (1 << 20), shutil.disk_usage(path.parent).free
-    if free < need: raise CacheError(f'{path}: merging needs about {need / 1e6:.1f} MB free, {free / 1e6:.1f} MB are; free disk space and run again (the segments are kept)')
-    try:  # through a Python file object: a full disk is an OSError here too
-        with open(tmp, 'w+b') as fh, h5py.File(fh, 'w', libver=LIBVER) as out:
-            create_cache_datasets(out, meta['n_sequences'], meta)
-            for a, b in segs:
-                with h5py.File(segment_path(parts, a, b), 'r') as f:
-                    for name, src in f.items():
-                        dst, zeros = out[name], (0,) * (src.ndim - 1)
-                        for i in range(b - a):
-                            mask, chunk = src.id.read_direct_chunk((i, *zeros))
-                            dst.id.write_direct_chunk((a + i, *zeros), chunk, mask)
+    left = [s for s in segs if merged is None or s[0] not in merged[2]]
+    need, free = sum(segment_path(parts, *s).stat().st_size for s in left) + (1 << 20), shutil.disk_usage(path.parent).free
+    if free < need:
+        _discard_merged(path, merged)
+        raise CacheError(f'{path}: merging needs about {need / 1e6:.1f} MB free, {free / 1e6:.1f} MB are; free disk space and run again (the segments are kept)')
+    try:
+        merged = merged or _open_merged(path, meta)
+        for a, b in left: _copy_segment(merged, parts, a, b)
+        merged[1].close(); merged[0].close()
         _fsync(tmp)
     except (OSError, RuntimeError) as e:
-        tmp.unlink(missing_ok=True)
+        _discard_merged(path, merged)
         raise CacheError(f'{path}: cannot write the merged cache ({e}); free disk space and run again (the segments are kept)') from None
     os.replace(tmp, path)
     _fsync(path)
@@ -340,7 +387,9 @@ def _prepare_parts(path:Path, meta:dict, resume:bool, rank:int, timeout:float) -
 
 # %% ../nbs/05_cache_writer.ipynb #cd3396c3
 @patch
-def _write_segments(self:TeacherLogitsGenerator, rows:_Rows, meta:dict, parts:Path, segs:list, desc:str):
+def _write_segments(self:TeacherLogitsGenerator, rows:_Rows, meta:dict, parts:Path, segs:list, desc:str,
+                    merged:tuple|None=None, # PATH.tmp (single process): each segment is copied into it once written
+                   ):
     "Compute and write segments `segs` (a list of (a, b)): the teacher here, encoding in `workers` threads, HDF5 writes in one more."
     self.teacher.eval()
     pool, writer = ThreadPoolExecutor(self.workers, 'kdkit-encode'), ThreadPoolExecutor(1, 'kdkit-write')
@@ -354,11 +403,11 @@ def _write_segments(self:TeacherLogitsGenerator, rows:_Rows, meta:dict, parts:Pa
                 jobs = []
                 for s in range(a, b, self.batch_size):
                     e = min(s + self.batch_size, b)
-                    jobs.append(pool.submit(_encode_batch, self._device_targets(r['input_ids'][s - a:e - a], r['attention_mask'][s - a:e - a], s), meta))
+                    jobs.append(pool.submit(_encode_batch, *self._device_targets(r['input_ids'][s - a:e - a], r['attention_mask'][s - a:e - a], s), meta))
                     encoding.append(jobs[-1])
                     while len(encoding) > 2 * self.workers: encoding.popleft().result()
                     bar.update((e - s) * rows.seq_len)
-                writing.append(writer.submit(_store_segment, r, jobs, meta, parts, a, b))
+                writing.append(writer.submit(_store_segment, r, jobs, meta, parts, a, b, merged))
                 while len(writing) > 1 or (writing and writing[0].done()): writing.popleft().result()
             while writing: writing.popleft().result()
     finally:
@@ -366,14 +415,14 @@ def _write_segments(self:TeacherLogitsGenerator, rows:_Rows, meta:dict, parts:Pa
         writer.shutdown()
 
 # %% ../nbs/05_cache_writer.ipynb #c2de93e3
-def _finish(path:Path, parts:Path, segs:list, meta:dict, rank:int, world:int, timeout:float):
+def _finish(path:Path, parts:Path, segs:list, meta:dict, rank:int, world:int, timeout:float, merged:tuple|None=None):
     "Rank 0: merge the segments once all exist; other ranks: wait for the merged file (each wait at most `timeout` s)."
     missing = lambda: [(j % world, s) for j, s in enumerate(segs) if not segment_path(parts, *s).exists()]
     name = lambda: ', '.join(f'{segment_path(parts, *s).name} (rank {r})' for r, s in missing()[:8])
     if rank == 0:
         if not _barrier('segments written', timeout): _wait_for(lambda: not missing(), timeout, lambda: f'the segments {name()}')
         if missing(): raise CacheError(f'{path}: segments missing after every rank finished: {name()}')
-        _merge_segments(path, parts, segs, meta)
+        _merge_segments(path, parts, segs, meta, merged)
         _barrier('merged', timeout)
     elif _barrier('segments written', timeout): _barrier('merged', timeout)
     else: _wait_for(lambda: path.exists() and not parts.exists(), timeout, lambda: f'rank 0 to merge {path.name}')
@@ -437,6 +486,11 @@ def generate(self:TeacherLogitsGenerator, dataset, # tokenised blocks: input_ids
         segs = plan_segments(rows.n, self.segment_size)
         mine = [s for j, s in enumerate(segs) if j % world == rank and not segment_path(parts, *s).exists()]
         desc = f'caching {path.name}' + (f' [rank {rank}/{world}]' if world > 1 else '')
-        self._write_segments(rows, meta, parts, mine, desc)                                 # 3. compute and write
-        _finish(path, parts, segs, meta, rank, world, self.wait_timeout)                   # 4. merge
+        merged = _open_merged(path, meta) if world == 1 else None                          # filled as segments finish
+        try:
+            self._write_segments(rows, meta, parts, mine, desc, merged)                     # 3. compute and write
+            _finish(path, parts, segs, meta, rank, world, self.wait_timeout, merged)       # 4. merge
+        except BaseException:
+            _discard_merged(path, merged)
+            raise
     return path

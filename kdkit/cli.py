@@ -145,6 +145,12 @@ def _demo(a):
     print(f"\nplots: {figures}\nexecuted notebook: {executed}\nmetrics: {out/'metrics.json'}  ({m['seconds']:.0f} s in the recipe)")
     return 0
 
+# %% ../nbs/11_cli.ipynb #b11c0001
+def _int_list(text:str) -> list:
+    "Comma-separated integers ('3,7') as a list, for argparse."
+    try: return [int(v) for v in text.split(',') if v.strip()]
+    except ValueError: raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated layer indices, e.g. 3,7") from None
+
 # %% ../nbs/11_cli.ipynb #d25503dc
 def _cache_args(p):
     "Flags of `kdkit cache`."
@@ -167,6 +173,8 @@ def _cache_args(p):
     p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'], help='teacher dtype')
     p.add_argument('--no-resume', dest='resume', action='store_false', help='discard finished segments of an interrupted run')
     p.add_argument('--overwrite', action='store_true', help='replace an existing, different cache at --out')
+    p.add_argument('--hidden-layers', type=_int_list, default=None,
+                   help='also store these teacher decoder layers\' outputs (before the final norm, bf16), e.g. 3,7: for hidden-state distillation')
 
 # %% ../nbs/11_cli.ipynb #e49305f2
 def _check_cache_flags(a):
@@ -209,8 +217,11 @@ def _cache(a):
     tok = _loaded(lambda: load_tokenizer(a.teacher, a.gguf_file), '--teacher', a.teacher)
     if a.mode == 'topk' and a.k > len(tok): raise UsageError(f"--k {a.k}: at most the teacher's vocabulary size, {len(tok)}")
     teacher = _loaded(lambda: load_model(a.teacher, dtype=getattr(torch, a.dtype), gguf_file=a.gguf_file), '--teacher', a.teacher).eval()
-    gen = TeacherLogitsGenerator(teacher, tok, k=a.k, mode=a.mode, temperatures=a.temperatures, n_samples=a.n_samples,
-                                 batch_size=a.batch_size, seed=a.seed, codec=a.codec, value_bits=a.value_bits, segment_size=a.segment_size)
+    try: gen = TeacherLogitsGenerator(teacher, tok, k=a.k, mode=a.mode, temperatures=a.temperatures, n_samples=a.n_samples, batch_size=a.batch_size,
+                                      seed=a.seed, codec=a.codec, value_bits=a.value_bits, segment_size=a.segment_size, hidden_layers=a.hidden_layers)
+    except ValueError as e:
+        if 'hidden_layers' in str(e): raise UsageError(f"--hidden-layers {','.join(map(str, a.hidden_layers))}: {e}") from None
+        raise
     data = _cache_data(a, tok)
     try: path = gen.generate(data, a.out, resume=a.resume, overwrite=a.overwrite)
     except CacheError as e:

@@ -81,3 +81,16 @@ def test_cli_help_documents_every_flag(capsys):
         h = sp.format_help()
         for flag in ('--teacher', '--data', '--out', '--k', '--mode', '--temperatures', '--seq-len', '--batch-size', '--no-resume', '--debug') if name == 'cache' else ('--row', '--tokenizer', '--debug'):
             assert flag in h
+
+
+def test_cli_cache_hidden_layers(hf_teacher, capsys, tmp_path):
+    "--hidden-layers stores those teacher layers; the summary (and `kdkit inspect`) states their size per token; bad ones name the flag."
+    out = tmp_path / 'hid.h5'
+    base = ['cache', '--teacher', str(hf_teacher / 'model'), '--data', str(hf_teacher / 'corpus.txt'), '--seq-len', '32', '--k', '8', '--limit', '4']
+    rc, text = _run_cli(base + ['--out', out, '--hidden-layers', '0,-1'], capsys)
+    assert rc == 0 and read_cache_metadata(out)['hidden_layers'] == [0, -1]
+    assert 'teacher hidden states of layers [0, -1]' in text and 'B/token stored' in text
+    rc, text = _run_cli(['inspect', out], capsys)
+    assert rc == 0 and 'teacher hidden states of layers [0, -1]' in text
+    rc, err = _run_cli(base + ['--out', tmp_path / 'bad.h5', '--hidden-layers', '4'], capsys, err=True)
+    assert rc == 2 and '--hidden-layers 4' in err and '1 decoder layers' in err

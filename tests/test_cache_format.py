@@ -146,3 +146,48 @@ def test_version_1_files_are_still_read(tmp_path, ref):
     with h5py.File(p) as f: assert not f['ids'].fletcher32 and f.attrs['format_version'] == 1
     a, b = CachedLogitsDataset(ref).read(range(W.N)), CachedLogitsDataset(p).read(range(W.N))
     for k in a: assert torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------- teacher hidden states in the cache
+@pytest.fixture(scope='module')
+def hidden_ref(tmp_path_factory):
+    "A cache that also stores teacher layers 1 and 0 (in that order)."
+    return W.make_generator(hidden_layers=[1, 0]).generate(W.toy_blocks(), tmp_path_factory.mktemp('hid') / 'hid.h5')
+
+def test_hidden_states_stored_and_read(hidden_ref, ref):
+    "The outputs of the asked layers (before the final norm), bf16, [B, L, S, H] under teacher_hidden; the targets unchanged."
+    from kdkit.hidden import layer_outputs
+    m = read_cache_metadata(hidden_ref)
+    assert m['hidden_layers'] == [1, 0] and m['hidden_size'] == 64 and read_cache_metadata(ref)['hidden_layers'] == []
+    ds = CachedLogitsDataset(hidden_ref)
+    assert ds.hidden_layers == [1, 0] and CachedLogitsDataset(ref).hidden_layers == []
+    b = ds.read([0, 1, 2])
+    assert b['teacher_hidden'].shape == (3, 2, W.S, 64) and b['teacher_hidden'].dtype == torch.bfloat16
+    t, data = W.tiny_llama(), W.toy_blocks()
+    with torch.no_grad(), layer_outputs(t, [0, 1]) as got:
+        t(input_ids=torch.as_tensor(data['input_ids'][:3]), attention_mask=torch.as_tensor(data['attention_mask'][:3]))
+    torch.testing.assert_close(b['teacher_hidden'].float(), torch.stack([got[1], got[0]], 1).float(), rtol=1e-2, atol=1e-2)
+    batch = ds.collate([ds[4], ds[7]])
+    assert batch['teacher_hidden'].shape == (2, 2, W.S, 64)
+    A = CachedLogitsDataset(ref).read([0, 1, 2])
+    for k in A: assert torch.equal(A[k], b[k]), k
+    with h5py.File(hidden_ref) as f: assert f['hidden'].dtype == np.uint16 and f['hidden'].fletcher32 and f['hidden'].chunks == (1, 2, W.S, 64)
+
+def test_hidden_layers_bad_values_named():
+    with pytest.raises(ValueError, match=r'hidden_layers=\[5\].*2 decoder layers'): W.make_generator(hidden_layers=[5])
+    with pytest.raises(ValueError, match='distinct'): W.make_generator(hidden_layers=[1, 1])
+
+@pytest.mark.parametrize('case', ['wrong dtype', 'wrong shape', 'no attribute', 'bad attribute', 'flipped bit'])
+def test_hostile_hidden_dataset_is_refused(tmp_path, hidden_ref, ref, case):
+    edits = {'wrong dtype': (hidden_ref, _replace('hidden', dtype=np.float32, chunks=(1, 2, W.S, 64), fletcher32=True), "'hidden' has dtype float32"),
+             'wrong shape': (hidden_ref, _replace('hidden', shape=(W.N, 1, W.S, 64), chunks=(1, 1, W.S, 64), fletcher32=True), "'hidden' has shape"),
+             'no attribute': (ref, lambda f: f.create_dataset('hidden', data=np.zeros((W.N, 1, W.S, 64), np.uint16)), "unknown dataset 'hidden'"),
+             'bad attribute': (hidden_ref, _setattr('hidden_layers', np.float32([1.5])), "'hidden_layers'")}
+    if case == 'flipped bit':
+        p = tmp_path / 'flip.h5'; shutil.copy(hidden_ref, p)
+        with h5py.File(p, 'r') as f: off = f['hidden'].id.get_chunk_info(3).byte_offset + 17
+        raw = bytearray(p.read_bytes()); raw[off] ^= 0x10; p.write_bytes(bytes(raw))
+        with pytest.raises(CacheError, match="dataset 'hidden' row 3"): CachedLogitsDataset(p).read([3])
+        return
+    src, edit, msg = edits[case]
+    with pytest.raises(CacheError, match=msg): CachedLogitsDataset(_variant(src, tmp_path, edit))

@@ -152,7 +152,7 @@ def test_kill_during_merge_is_safe(tmp_path, ref, monkeypatch):
     "A failure half-way through the merge leaves the parts intact and no final file; resume finishes."
     out = tmp_path / 'c.h5'
     gen = W.make_generator()
-    def boom(path, parts, segs, meta):
+    def boom(path, parts, segs, meta, merged=None):
         with h5py.File(path.with_name(path.name + '.tmp'), 'w') as f: f['half'] = [1]
         raise KeyboardInterrupt
     monkeypatch.setattr(cw, '_merge_segments', boom)
