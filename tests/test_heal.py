@@ -1,0 +1,58 @@
+"""The r03 heal recipe: its parameters, a tiny run of every arm on the demo teacher, arms merged across runs, the layer choice."""
+import json
+import papermill as pm, pytest, torch
+from kdkit.recipes import find_recipe, recipe_config, run_recipe
+
+ARMS = ["ce_only", "kd_bucket", "kd_renorm", "kd_pure", "rs_kd", "kd_hidden"]
+
+def test_parameters_are_declared():
+    params = pm.inspect_notebook(str(find_recipe("r03_heal")))
+    assert {"out_dir", "arms", "drop", "stage1_steps", "stage2_steps", "threads"} <= set(params)
+    assert all(p["help"] for p in params.values()), params
+
+def test_tiny_heal_every_arm_then_merge(tmp_path):
+    "Every arm runs at tiny size and writes its file; the table and headline come out; a second run of the other arms merges the first's."
+    first, out = tmp_path/"first", tmp_path/"r03"
+    run_recipe("r03_heal", first, {"arms": ARMS[:4]}, config=recipe_config("heal_tiny"), log_output=False)
+    run_recipe("r03_heal", out, {"arms": ARMS[4:], "merge_from": [str(first)]}, config=recipe_config("heal_tiny"), log_output=False)
+    for f in ["metrics.json", "heal_ce.png", "layer_distances.png"] + [f"arm_{a}.json" for a in ARMS]:
+        assert (out/f).exists(), f
+    m = json.loads((out/"metrics.json").read_text())
+    assert set(m["results"]) == set(ARMS), m["results"].keys()
+    for a, r in m["results"].items():
+        assert set(r) == {"step", "ce", "kl", "top1"} and r["kl"] >= 0 and 0 <= r["top1"] <= 1, (a, r)
+        assert [p["step"] for p in m["curves"][a]] == [2, 4], m["curves"][a]
+    h = m["headline"]
+    assert h["tokens_per_arm"] == 4 * 2 * 32 and h["best_kd_arm"] in ARMS[1:]
+    assert {"bucket_excess_over_ce_only_excess", "best_kd_tokens_to_ce_only_final_ratio"} <= set(h)
+    assert set(m["goals"]) == {"healed_ce_le_1.10x_teacher", "bucket_excess_le_0.6x_ce_only", "best_kd_reaches_ce_only_in_le_half_tokens"}
+    assert len(m["origin"]) == 3 and m["hidden_pairs"]  # one of the demo teacher's 4 layers dropped
+
+def _near_identity(model, layers, scale=1e-3):
+    "Scale the residual writes (attention and MLP outputs) of `layers` down until they barely change their input."
+    with torch.no_grad():
+        for i in layers:
+            layer = model.model.layers[i]
+            layer.self_attn.o_proj.weight.mul_(scale); layer.mlp.down_proj.weight.mul_(scale)
+    return model
+
+def test_angular_finds_the_near_identity_block():
+    "On a model whose layers 3 and 4 barely change their input, angular:2 drops exactly them and records the origin."
+    from kdkit.models import layer_importance, layer_origin, load_student_model, tiny_model
+    model = _near_identity(tiny_model(vocab_size=128, layers=6, hidden=64, seed=0), [3, 4])
+    g = torch.Generator().manual_seed(0)
+    blocks = [{"input_ids": torch.randint(0, 128, (16,), generator=g).tolist()} for _ in range(4)]
+    dist = layer_importance(model, blocks, n=2)["angular"]
+    assert min(range(len(dist)), key=dist.__getitem__) == 3, dist
+    student = load_student_model(model, drop="angular:2", blocks=blocks)
+    assert layer_origin(student) == [0, 1, 2, 5]
+
+@pytest.mark.slow
+def test_bench_heal_tiny(tmp_path):
+    "The benchmark runs the recipe end to end at tiny size and writes its JSON."
+    import subprocess, sys, os
+    res = tmp_path/"heal.json"
+    subprocess.run([sys.executable, "bench/bench_heal.py", "--config", "heal_tiny", "--out", str(tmp_path/"run"), "--results", str(res)],
+                   check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    r = json.loads(res.read_text())
+    assert set(r["results"]) == set(ARMS) and "goals" in r and r["wall_seconds"] > 0
