@@ -173,3 +173,24 @@ def test_projection_trains_saves_and_reloads(setup):
     tr2 = DistillationTrainer(tiny_model(V, layers=2, hidden=16, seed=1), targs(tmp, 'proj2', **kw), train_dataset=blocks, teacher_model=teacher)
     tr2._load_from_checkpoint(str(ck))
     assert all(torch.equal(a, b) for a, b in zip(tr2._hidden_term().parameters(), proj.parameters()))
+
+def test_real_cache_with_hidden_states(setup):
+    "A cache written with hidden_layers (bf16 teacher_hidden): the trainer's term matches the fp32 states within bf16 rounding; training logs it."
+    tok, V, teacher, blocks, cache, tmp = setup
+    path = TeacherLogitsGenerator(teacher, tok, k=8, progress=False, hidden_layers=[3, 1]).generate(blocks, tmp / 'h.h5')
+    hcache = CachedLogitsDataset(path)
+    assert list(hcache.hidden_layers) == [3, 1]
+    st = pruned(teacher, 'every_other')
+    kw = dict(hidden_weight=1.0, hidden_layers=[[0, 1], [1, 3]], hidden_loss='mse')
+    tr = DistillationTrainer(st, targs(tmp, 'real', max_steps=2, **kw), train_dataset=hcache, eval_dataset=hcache)
+    ref = DistillationTrainer(st, targs(tmp, 'realref', **kw), train_dataset=HiddenCache(cache, teacher, [3, 1]))
+    b = distillation_collate([hcache[i] for i in range(4)])
+    assert b['teacher_hidden'].shape[:2] == (4, 2)
+    r = distillation_collate([ref.train_dataset[i] for i in range(4)])
+    with torch.no_grad(): got, want = tr.compute_loss(tr.model, dict(b)), ref.compute_loss(ref.model, dict(r))
+    assert float(got) == pytest.approx(float(want), rel=2e-2)
+    with pytest.raises(ValueError, match=r'teacher layer\(s\) \[2\] not in train_dataset, which holds the hidden states of teacher layers \[3, 1\]'):
+        DistillationTrainer(st, targs(tmp, 'realbad', hidden_weight=1.0, hidden_layers=[[0, 2]]), train_dataset=hcache)
+    tr.train()
+    assert all(e['hidden_loss'] > 0 for e in tr.state.log_history if 'loss' in e)
+    assert tr.evaluate()['eval_hidden_loss'] > 0
