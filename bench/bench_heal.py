@@ -6,7 +6,7 @@ the curves' points, the headline ratios, the goals met or not, wall time and mac
     python bench/bench_heal.py [--config heal_smollm2] [--out runs/heal] [--arms ce_only,kd_bucket]
 
 Arms already in --out with the same settings are reused, so a long run can be split over several calls
-(--from-run DIR only collects a finished run folder without training). On the shared 2-core CPU the SmolLM2 teacher
+(--from-run DIR [DIR ...] collects run folders without training, merging their arms; the first with a metrics.json gives the reference scores). On the shared 2-core CPU the SmolLM2 teacher
 forwards at about 43 tokens/s (the top-k and the sample cache of 12k tokens take about 5 minutes each), which sets
 the sizes of heal_smollm2.yaml.
 """
@@ -20,9 +20,45 @@ GOALS = {"healed_ce_le_1.10x_teacher": "best arm's held-out CE <= 1.10x the teac
          "bucket_excess_le_0.6x_ce_only": "tail-bucket KD's excess CE over the teacher <= 0.6x CE-only's",
          "best_kd_reaches_ce_only_in_le_half_tokens": "best KD arm reaches CE-only's final CE in <= half the tokens"}
 
-def collect(run:Path, seconds:float, command:str) -> dict:
-    "The benchmark record of a finished r03 run folder."
-    m = json.loads((run/"metrics.json").read_text())
+def merged_metrics(folders:list) -> dict:
+    "metrics.json of the first finished run in `folders`, with every arm file of the same settings in any of them (headline recomputed)."
+    base = next(f for f in folders if (f/"metrics.json").exists())
+    m = json.loads((base/"metrics.json").read_text())
+    arms = {}
+    for f in folders:
+        for p in sorted(f.glob("arm_*.json")):
+            r = json.loads(p.read_text())
+            if r["settings"] == m["params"]: arms.setdefault(r["arm"], r)
+    order = ["ce_only", "kd_bucket", "kd_renorm", "kd_pure", "rs_kd", "kd_hidden"]
+    arms = {a: arms[a] for a in order if a in arms}
+    m["results"] = {a: r["final"] for a, r in arms.items()}; m["curves"] = {a: r["curve"] for a, r in arms.items()}
+    m["arm_seconds"] = {a: r["seconds"] for a, r in arms.items()}
+    tc, pp = m["teacher_ce"], m["params"]; tps = pp["batch_size"] * pp["seq_len"]; total = (pp["stage1_steps"] + pp["stage2_steps"]) * tps
+    res = m["results"]; kd = [a for a in res if a != "ce_only"]
+    best = min(kd, key=lambda a: res[a]["ce"]) if kd else None
+    best_any = min(res, key=lambda a: res[a]["ce"])
+    h = {"teacher_ce": tc, "start_ce": m["start"]["ce"], "tokens_per_arm": total, "best_kd_arm": best, "best_ce_over_teacher": res[best_any]["ce"] / tc}
+    if "ce_only" in res and best:
+        hits = [p["step"] for p in m["curves"][best] if p["ce"] <= res["ce_only"]["ce"]]
+        h["best_kd_tokens_to_ce_only_final_ratio"] = min(hits) * tps / total if hits else None
+    if "ce_only" in res and "kd_bucket" in res:
+        h["bucket_excess_over_ce_only_excess"] = (res["kd_bucket"]["ce"] - tc) / (res["ce_only"]["ce"] - tc)
+    m["headline"] = h
+    m["goals"] = {"healed_ce_le_1.10x_teacher": h["best_ce_over_teacher"] <= 1.10,
+                  "bucket_excess_le_0.6x_ce_only": (h.get("bucket_excess_over_ce_only_excess") or 9) <= 0.6,
+                  "best_kd_reaches_ce_only_in_le_half_tokens": (h.get("best_kd_tokens_to_ce_only_final_ratio") or 9) <= 0.5}
+    return m
+
+def heal_figure(m:dict, path:Path):
+    "Held-out CE (and KL) against tokens, one line per arm, the teacher as a reference line."
+    from kdkit.plots import plot_eval_comparison
+    pp = m["params"]
+    hist = {a: [{"step": p["step"], "eval_ce_loss": p["ce"], "eval_kd_loss": p["kl"]} for p in c] for a, c in m["curves"].items()}
+    plot_eval_comparison(hist, teacher_ce=m["teacher_ce"], x="tokens", tokens_per_step=pp["batch_size"] * pp["seq_len"], start=m["start"]).savefig(path, dpi=110)
+
+def collect(runs:list, seconds:float, command:str) -> dict:
+    "The benchmark record of finished r03 run folders (arms merged)."
+    m = merged_metrics([Path(r) for r in runs])
     return {"results": m["results"], "curves": m["curves"], "headline": m["headline"], "goals": m["goals"], "goal_text": GOALS,
             "teacher_ce": m["teacher_ce"], "start": m["start"], "origin": m["origin"], "cut": m["cut"], "hidden_pairs": m["hidden_pairs"],
             "layer_distances": m["layer_distances"], "arm_seconds": m["arm_seconds"], "params": m["params"],
@@ -33,15 +69,18 @@ if __name__ == '__main__':
     p.add_argument('--config', default='heal_smollm2', help='a packaged r03 config')
     p.add_argument('--out', default='runs/heal', help='run folder')
     p.add_argument('--arms', default='', help='comma-separated arms to run (default: the config\'s)')
-    p.add_argument('--from-run', default='', help='collect this finished run folder instead of running')
+    p.add_argument('--from-run', nargs='*', default=[], help='collect these run folders (arms merged) instead of running')
+    p.add_argument('--figure', default='', help='also draw the merged arms\' held-out CE figure here')
     p.add_argument('--results', default=str(Path(__file__).resolve().parent/'results'/'heal.json'))
     a = p.parse_args()
     t0 = time.time()
-    if a.from_run: run = Path(a.from_run)
+    if a.from_run: runs = [Path(r) for r in a.from_run]
     else:
-        run = Path(a.out)
-        run_recipe('r03_heal', run, {"arms": a.arms.split(",")} if a.arms else None, config=recipe_config(a.config))
-    seconds = json.loads((run/"metrics.json").read_text())["seconds"] if a.from_run else time.time() - t0
-    res = collect(run, seconds, f"python bench/bench_heal.py --config {a.config}  (= kdkit run r03_heal -f {a.config}.yaml)")
+        runs = [Path(a.out)]
+        run_recipe('r03_heal', runs[0], {"arms": a.arms.split(",")} if a.arms else None, config=recipe_config(a.config))
+    seconds = sum(json.loads((r/"metrics.json").read_text())["seconds"] for r in runs if (r/"metrics.json").exists()) if a.from_run else time.time() - t0
+    res = collect(runs, seconds, f"python bench/bench_heal.py --config {a.config}  (= kdkit run r03_heal -f {a.config}.yaml)")
+    if a.from_run: res["wall_seconds_note"] = "sum of the finished runs' notebook seconds; arms of an interrupted run add their own arm_seconds"
     Path(a.results).write_text(json.dumps(res, indent=1))
+    if a.figure: heal_figure(res, Path(a.figure))
     print(json.dumps({"results": res["results"], "headline": res["headline"], "goals": res["goals"]}, indent=1))
