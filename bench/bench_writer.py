@@ -9,6 +9,7 @@ Parts:
            total generate time / the teacher's time, median of --repeats runs. Target <= 1.05.
   real     SmolLM2-135M fp32: generate / bare forwards (the same batches), at 1 and 2 torch threads, the median of
            the ratios of --repeats paired runs (bare and generate back to back). Target <= 1.10.
+  merge    rank 0's merge of finished segments into one file (several ranks), seconds per GB of cache.
   size     SmolLM2, real English text: the default codec's B/entry (target <= 2.2) and sample mode with 50
            draws, B/token (target <= 40).
 
@@ -136,7 +137,22 @@ def part_size(a, work, pool):
     p = TeacherLogitsGenerator(model, tok, mode='sample', n_samples=50, batch_size=B, progress=False).generate(ds, fresh(work / 'sample.h5'))
     fig('writer SmolLM2 B/token, sample mode, 50 draws (gzip)', os.path.getsize(p) / n, 'B/token', '<= 40')
 
-PARTS = dict(ceiling=part_ceiling, overlap=part_overlap, real=part_real, size=part_size)
+def part_merge(a, work, pool):
+    "Rank 0's merge of several ranks' segments (single-process runs copy each segment as it is written): seconds per GB."
+    import kdkit.cache_writer as cw
+    gen, rows = InstantGenerator(pool), cw._Rows(blocks(a.seqs))
+    meta = gen.metadata(rows)
+    segs = cw.plan_segments(rows.n, gen.segment_size)
+    per_gb = []
+    for i in range(a.repeats):
+        parts = work / f'merge{i}.h5.parts'; parts.mkdir()
+        gen._write_segments(rows, meta, parts, segs, 'segments')
+        size = sum(cw.segment_path(parts, *s).stat().st_size for s in segs)
+        t0 = time.perf_counter(); cw._merge_segments(work / f'merge{i}.h5', parts, segs, meta); dt = time.perf_counter() - t0
+        per_gb.append(dt / (size / 1e9)); print(f'  run {i}: {size / 1e6:.1f} MB merged in {dt:.2f} s ({per_gb[-1]:.1f} s/GB)', flush=True)
+    fig(f'writer merge of segments (rank 0, several ranks), seconds per GB (median of {a.repeats})', statistics.median(per_gb), 's/GB')
+
+PARTS = dict(ceiling=part_ceiling, overlap=part_overlap, real=part_real, size=part_size, merge=part_merge)
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,7 +168,7 @@ if __name__ == '__main__':
     torch.set_num_threads(a.threads)
     work = Path(tempfile.mkdtemp(prefix='kdkit_bench_writer_'))
     parts = a.parts.split(',')
-    pool = synthetic_pool() if {'ceiling', 'overlap'} & set(parts) else None
+    pool = synthetic_pool() if {'ceiling', 'overlap', 'merge'} & set(parts) else None
     result = Path(a.results)
     for name in parts:
         PARTS[name](a, work, pool)

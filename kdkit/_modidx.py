@@ -462,6 +462,7 @@ d = { 'settings': { 'branch': 'main',
                                                                                        'kdkit/trainer.py'),
                                'kdkit.trainer._agreement': ('trainer.html#_agreement', 'kdkit/trainer.py'),
                                'kdkit.trainer._bad_rows': ('trainer.html#_bad_rows', 'kdkit/trainer.py'),
+                               'kdkit.trainer._first_field': ('trainer.html#_first_field', 'kdkit/trainer.py'),
                                'kdkit.trainer._has_targets': ('trainer.html#_has_targets', 'kdkit/trainer.py'),
                                'kdkit.trainer.distillation_collate': ('trainer.html#distillation_collate', 'kdkit/trainer.py'),
                                'kdkit.trainer.teacher_top1': ('trainer.html#teacher_top1', 'kdkit/trainer.py')}}}

@@ -202,7 +202,8 @@ def _device_targets(self:TeacherLogitsGenerator, x, m, start:int) -> tuple:
 # %% ../nbs/05_cache_writer.ipynb #a1c0e002
 def _chunks_of(arr:np.ndarray, meta:dict):
     "`arr`'s rows as finished chunks (a list of bytes) when the codec is made outside HDF5, else `arr` itself."
-    return encode_chunks(arr, meta['codec'], meta['format_version'] >= 2) if meta['codec'] in DIRECT_CODECS else arr
+    if meta['codec'] not in DIRECT_CODECS: return arr
+    return encode_chunks(arr, meta['codec'], meta['format_version'] >= 2, smallest=meta['mode'] == 'sample')
 
 # %% ../nbs/05_cache_writer.ipynb #a1c0e003
 def _encode_batch(chunks:list, # the target chunks `_device_targets` returned for one batch
