@@ -14,7 +14,7 @@ from fastcore.basics import patch
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.trainer_pt_utils import nested_gather
 from .cache import CacheError, CachedLogitsDataset, collate_teacher_batch
-from .losses import distillation_loss, fused_distillation_loss, match_temperature, scored_rows, topk_targets
+from .losses import dense_distillation_loss, distillation_loss, fused_distillation_loss, match_temperature, scored_rows, topk_targets
 from .hidden import PROJECTIONS_FILE, hidden_term, layer_outputs, save_projections
 from .models import full_lm_head, output_width
 from .param_groups import ParameterGroupManager
@@ -67,9 +67,15 @@ def distillation_collate(items:list) -> dict:
     if rows is not None: out['cache_rows'] = torch.as_tensor(rows)
     return out
 
+# %% ../nbs/08_trainer.ipynb #09af4935
+def _first_field(targets:dict) -> torch.Tensor:
+    "The [B,S,...] field every kind of targets has: `teacher_ids`, or the online teacher's `teacher_logits`."
+    return targets['teacher_ids'] if 'teacher_ids' in targets else targets['teacher_logits']
+
 # %% ../nbs/08_trainer.ipynb #9824ce43
 def teacher_top1(targets:dict, rows:torch.Tensor) -> torch.Tensor:
     "The teacher's most likely next token [n] at flat rows `rows` (most-sampled id for sampled targets)."
+    if 'teacher_logits' in targets: return targets['teacher_logits'].flatten(0, 1)[rows].argmax(-1)  # the online teacher's logits
     ids = targets['teacher_ids']
     ids = ids.reshape(-1, ids.shape[-1])[rows]                                              # [n,k]
     score = targets['teacher_counts'] if 'teacher_counts' in targets else targets['teacher_logprobs']
@@ -243,7 +249,7 @@ def get_train_dataloader(self:DistillationTrainer):
 def online_targets(self:DistillationTrainer, inputs:dict, # a batch: input_ids (attention_mask, position_ids)
                    hidden_layers:list=(), # teacher layers whose outputs to keep (as `teacher_hidden`, {layer: [B,S,H]})
                   ) -> dict:
-    "Teacher target fields for a batch from the online teacher: top-k (`teacher_topk`) or all V ids (exact)."
+    "Teacher targets for a batch from the online teacher: top-k fields (`teacher_topk`, or the fused path), else its logits (exact)."
     if self.teacher_model is None:
         raise ValueError(f'the batch has no teacher fields ({", ".join(TEACHER_FIELDS[:3])}, ...) and the trainer has no '
                          'teacher_model: train on a CachedLogitsDataset or pass teacher_model=')
@@ -251,8 +257,8 @@ def online_targets(self:DistillationTrainer, inputs:dict, # a batch: input_ids (
     x = {key: inputs[key] for key in ('input_ids', 'attention_mask', 'position_ids') if key in inputs}
     with torch.no_grad(), layer_outputs(self.teacher_model, hidden_layers) as got:   # hooks on the mapped layers only
         logits = self.teacher_model(**x).logits[..., :V]                             # [B,S,V] teacher dtype
-    temps = sorted({1.0, float(self.args.temperature)})
-    out = topk_targets(logits, min(k or V, V), temperatures=temps)
+    if (k or V) >= V and not self.args.loss_chunk_size: out = {'teacher_logits': logits}   # all V ids: the dense loss reads them as they are
+    else: out = topk_targets(logits, min(k or V, V), temperatures=sorted({1.0, float(self.args.temperature)}))
     if hidden_layers: out['teacher_hidden'] = dict(got)
     return out
 
@@ -276,7 +282,7 @@ def _forward_hidden(self:DistillationTrainer, model, inputs:dict):
 def _agreement(logits, hidden, head, labels, targets, V, chunk=1024):
     "(agreeing, scored) counts of student top-1 == teacher top-1 over scored rows, from logits or hidden @ W[:V].T chunks."
     rows, _ = scored_rows(labels)
-    t1 = teacher_top1(targets, rows.to(targets['teacher_ids'].device)).to(rows.device)    # [n]
+    t1 = teacher_top1(targets, rows.to(_first_field(targets).device)).to(rows.device)     # [n]
     if logits is not None: s1 = logits.reshape(-1, logits.shape[-1])[rows, :V].argmax(-1)  # [n]
     else:
         W, b = head
@@ -288,8 +294,9 @@ def _agreement(logits, hidden, head, labels, targets, V, chunk=1024):
 # %% ../nbs/08_trainer.ipynb #81118733
 def _bad_rows(targets:dict) -> torch.Tensor:
     "[B] bool: batch rows whose teacher targets hold NaN or +inf (or a non-finite LSE); -inf marks empty slots and is fine."
-    bad = torch.zeros(targets['teacher_ids'].shape[0], dtype=torch.bool, device=targets['teacher_ids'].device)
-    for key in ('teacher_logprobs', 'teacher_tail_logprob', 'teacher_lse'):
+    ref = _first_field(targets)
+    bad = torch.zeros(ref.shape[0], dtype=torch.bool, device=ref.device)
+    for key in ('teacher_logprobs', 'teacher_tail_logprob', 'teacher_lse', 'teacher_logits'):
         if key not in targets: continue
         v = targets[key]
         hit = v.isnan() | (v == math.inf) | ((v == -math.inf) if key == 'teacher_lse' else False)
@@ -332,7 +339,9 @@ def compute_loss(self:DistillationTrainer, model, inputs:dict, return_outputs:bo
             res = fused_distillation_loss(hidden, head[0], labels, targets, lm_head_bias=head[1], chunk_size=a.loss_chunk_size, **kw)
             if evaluating: agree = _agreement(None, hidden, head, labels, targets, self.vocab_size)
     else:
-        res = distillation_loss(outputs.logits, labels, targets, **kw)
+        dense = targets.get('teacher_logits')                              # the online teacher with all V ids: the dense loss
+        res = distillation_loss(outputs.logits, labels, targets, **kw) if dense is None else \
+              dense_distillation_loss(outputs.logits, dense, labels, **{n: v for n, v in kw.items() if n != 'tail'})
         if evaluating: agree = _agreement(outputs.logits, None, None, labels, targets, self.vocab_size)
     loss, hs = res.loss, None
     if hid is not None:
