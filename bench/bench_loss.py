@@ -4,7 +4,7 @@
   (b) sparse    - materialised logits, kdkit's sparse tail-bucket loss (`distillation_loss`)
   (c) fused     - kdkit's fused chunked lm_head + loss (`fused_distillation_loss`), one chunk of logits alive
 
-Each variant runs in its own subprocess (a process's peak RSS never falls), fp32 on CPU. Targets: peak(c) <= 0.25 x
+Each variant runs in its own subprocesses (a process's peak RSS never falls), in rounds of alternating order, fp32 on CPU. Targets: peak(c) <= 0.25 x
 peak(a); time(c) <= 1.2 x time(b). Writes bench/results/loss.json.
 
     python bench/bench_loss.py                      # vocab 49152 and 128256, 4096 tokens, hidden 576, k 64
@@ -91,6 +91,7 @@ def main():
     p.add_argument('--chunk', type=int, default=1024, help='fused chunk size (tokens)')
     p.add_argument('--repeats', type=int, default=2, help='timed runs per variant (after one warm-up); the minimum is kept')
     p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--rounds', type=int, default=2, help='subprocesses per variant, in alternating order (the fastest run is kept)')
     p.add_argument('--out', default=str(ROOT / 'bench' / 'results' / 'loss.json'))
     p.add_argument('--child', choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument('--targets', help=argparse.SUPPRESS)
@@ -101,7 +102,7 @@ def main():
     command = 'python bench/bench_loss.py ' + ' '.join(sys.argv[1:])
     mach = machine()
     print(f'machine: {mach}\ntokens {a.tokens}, hidden {a.hidden}, k {a.k}, fused chunk {a.chunk}, fp32, '
-          f'{a.threads} threads, forward+backward to dL/dh and dL/dW, min of {a.repeats} runs\n')
+          f'{a.threads} threads, forward+backward to dL/dh and dL/dW, min of {a.rounds} x {a.repeats} runs\n')
     figs = []
     def fig(name, value, unit, target=None):
         figs.append(dict(name=name, value=round(value, 4), unit=unit, target=target, command=command, machine=mach))
@@ -109,7 +110,13 @@ def main():
         for V in a.vocab:
             tpath = os.path.join(td, f'targets_{V}.pt')
             make_targets(V, a.tokens, a.k, tpath)
-            res = {v: run_variant(v, V, a, tpath) for v in VARIANTS}
+            res = {}
+            for r in range(a.rounds):                          # alternating order, so that other load hits all alike
+                for v in (VARIANTS if r % 2 == 0 else VARIANTS[::-1]):
+                    x = run_variant(v, V, a, tpath)
+                    res[v] = x if v not in res else dict(x, times_s=res[v]['times_s'] + x['times_s'],
+                                                         peak_rss_mb=max(x['peak_rss_mb'], res[v]['peak_rss_mb']),
+                                                         setup_rss_mb=min(x['setup_rss_mb'], res[v]['setup_rss_mb']))
             print(f'vocab {V}:')
             for v in VARIANTS:
                 r = res[v]
@@ -131,7 +138,7 @@ def main():
             fig(f'fused_over_baseline_time_v{V}', tim_a, 'ratio')
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(dict(benchmark='loss', machine=mach, config=dict(
-        tokens=a.tokens, hidden=a.hidden, k=a.k, chunk=a.chunk, dtype='float32', threads=a.threads, repeats=a.repeats),
+        tokens=a.tokens, hidden=a.hidden, k=a.k, chunk=a.chunk, dtype='float32', threads=a.threads, repeats=a.repeats, rounds=a.rounds),
         figures=figs), indent=1) + '\n')
     print(f'wrote {a.out}')
 
