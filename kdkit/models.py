@@ -144,7 +144,7 @@ def load_student_model(model_or_path, # a path/Hub id of a student, or a teacher
     "Load a student from a path, or make one from a teacher by dropping decoder layers (the teacher is not changed)."
     if isinstance(model_or_path, (str, Path)):
         model = AutoModelForCausalLM.from_pretrained(model_or_path, dtype=dtype)
-    else: model = copy.deepcopy(model_or_path).to(dtype)
+    else: model = copy.deepcopy(model_or_path).to(dtype).requires_grad_(True)   # a frozen teacher still gives a trainable student
     if drop is None: return model
     n = len(model.get_submodule(decoder_layers_path(model)))
     gone = _angular_block(model, drop, blocks) if isinstance(drop, str) and drop.startswith('angular:') else dropped_layers(drop, n)
