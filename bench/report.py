@@ -20,8 +20,12 @@ HEADLINES = [
      'smollm2 B/entry context: fp16 log-probs + uint16 ids, gzip+shuffle', 'fp16 log-probs + uint16 ids'),
     ('cache', 'fidelity layer-pruned student, default 7-bit (cache file): signed mean diff',
      'KD loss from the cache vs exact, pruned student', 'fidelity layer-pruned student: exact mean KD', 'exact mean KD'),
-    ('cache', 'writer overhead generate / bare forwards (median of 5 paired runs, wall)',
-     'Teacher caching time / bare teacher forwards', 'writer bare forward throughput', 'bare forwards'),
+    ('writer', 'writer real teacher, generate / bare forwards, SmolLM2, 1 thread(s) (median of 3 pairs)',
+     'Teacher caching time / bare SmolLM2 forwards, 1 thread', 'writer real teacher, bare forward throughput, 1 thread(s)', 'bare forwards'),
+    ('writer', 'writer ceiling, instant teacher (V=49152, k=64, gzip, 2 workers; median of 3)',
+     'Cache writer ceiling, instant teacher, V = 49,152, k = 64 (tok/s)', None, ''),
+    ('writer', 'writer overlap, total / teacher time (teacher at 50,000 tok/s; median of 3)',
+     'Cache writing time / teacher time, teacher at 50,000 tok/s', None, ''),
     ('cache', 'reader / training throughput (median of 3 paired runs)', 'Cache reading speed / training speed',
      'demo student training tokens/s (batch 16 x 128, 2 threads; median of 3)', 'training'),
     ('loss', 'fused_over_baseline_peak_rss_v128256', 'Fused KD loss peak memory / dense logits, V = 128,256',
@@ -89,7 +93,7 @@ def headline_rows(results_dir=RESULTS) -> list:
     return rows
 
 def headline_table(results_dir=RESULTS) -> str:
-    "The README's performance table: at most 12 headline figures, each with its target and anchor."
+    "The README's performance table: at most 14 headline figures, each with its target and anchor."
     lines = ['| figure | kdkit | target | anchor |', '|---|---|---|---|']
     lines += ['| ' + ' | '.join(_cell(c) for c in r) + ' |' for r in headline_rows(results_dir)]
     return '\n'.join(lines)
@@ -127,6 +131,35 @@ def heldout_table(results:dict) -> str:
 def demo_table(path=Path(__file__).resolve().parents[1]/'docs'/'demo'/'results.json') -> str:
     "The demo run's held-out comparison (docs/demo/results.json, copied from a `kdkit demo` run) as markdown."
     return heldout_table(json.loads(Path(path).read_text())['results'])
+
+def heal_table(results_dir=RESULTS) -> str:
+    "The heal run's arms (bench/results/heal.json): final held-out CE, KL and top-1 per arm, the headline figures, goals."
+    p = Path(results_dir)/'heal.json'
+    if not p.exists(): return '_The heal run has not been recorded: run `python bench/bench_heal.py`._'
+    d = json.loads(p.read_text()); h, T = d['headline'], d['teacher_ce']
+    lines = ['| arm | held-out CE | x teacher | exact KL | top-1 |', '|---|---|---|---|---|', f'| teacher | {T:.3f} | 1.00x | 0 | 1 |',
+             f"| pruned, before healing | {d['start']['ce']:.3f} | {d['start']['ce'] / T:.2f}x | {d['start']['kl']:.3f} | {d['start']['top1']:.3f} |"]
+    lines += [f"| {a} | {r['ce']:.3f} | {r['ce'] / T:.2f}x | {r['kl']:.3f} | {r['top1']:.3f} |" for a, r in d['results'].items()]
+    goals = '; '.join(f"{d['goal_text'][g]}: {'met' if ok else 'not met'}" for g, ok in d['goals'].items())
+    return '\n'.join(lines) + (f"\n\n{h['tokens_per_arm']:,} training tokens per arm. Best arm ({h['best_kd_arm']}) at "
+        f"{h['best_ce_over_teacher']:.2f}x the teacher's held-out CE; tail-bucket KD's excess CE over the teacher "
+        f"{h['bucket_excess_over_ce_only_excess']:.2f}x CE-only's; the best KD arm reaches CE-only's final CE at "
+        f"{h['best_kd_tokens_to_ce_only_final_ratio']:.2f} of the tokens. Goals: {goals}.\n"
+        f"Command: `{d['command']}` ({d['machine']}).")
+
+def hidden_table(results_dir=RESULTS) -> str:
+    "KD + hidden states against KD alone at equal steps (bench/results/hidden.json), per model, as markdown."
+    p = Path(results_dir)/'hidden.json'
+    if not p.exists(): return '_The hidden-state comparison has not been recorded: run `python bench/bench_hidden.py`._'
+    out = []
+    for name, d in json.loads(p.read_text()).items():
+        rows = [('pruned student', d['student_before']), ('KD alone', d['kd']['held_out']),
+                (f"KD + hidden states (weight {d['kd_hs']['hidden_weight']:g}, pairs {d['kd_hs']['pairs']})", d['kd_hs']['held_out'])]
+        lines = [f"**{name}** (drop `{d['drop']}`, {d['steps']} steps of {d['batch']} x {d['seq_len']} tokens; teacher CE "
+                 f"{d['teacher_held_out']['ce']:.4f})", '', '| student | held-out CE | KL to teacher | top-1 agreement |', '|---|---|---|---|']
+        lines += [f"| {n} | {r['ce']:.4f} | {r['kl']:.4f} | {r['top1_agreement']:.4f} |" for n, r in rows]
+        out.append('\n'.join(lines) + f"\n\nCommand: `{d['command']}` ({d['machine']}).")
+    return '\n\n'.join(out)
 
 def real_teacher_table(results_dir=RESULTS) -> str:
     "The real-teacher run's held-out comparison (bench/results/real_teacher.json) as markdown, with its command."

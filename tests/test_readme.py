@@ -58,7 +58,7 @@ def test_demo_figure_draws_the_committed_histories():
 
 def test_headline_table_matches_results():
     rows = report.headline_rows()
-    assert 0 < len(rows) <= 12
+    assert 0 < len(rows) <= 14
     assert report.headline_table() in README, 'README performance table is stale: run python tools/make_readme.py'
     for name, kdkit, target, anchor in rows:
         assert not re.search(r'_v\d|_over_|[a-z]_[a-z]', name), f'unreadable headline name {name!r}'
@@ -79,9 +79,12 @@ def test_bench_readme_is_current_and_complete():
         assert f'| {report._cell(report.readable(name))} | {value} |' in section, name
     assert '](bench/README.md)' in README
 
-def test_real_teacher_table_and_plot():
-    assert report.real_teacher_table() in README
-    assert '](docs/real_teacher.png)' in README and (ROOT/'docs'/'real_teacher.png').stat().st_size > 5_000
+def test_heal_and_hidden_sections():
+    "The heal run's arms table and figure, and the hidden-state comparison, come from bench/results."
+    assert report.heal_table() in README and report.hidden_table() in README
+    assert '](docs/heal/heal_ce.png)' in README and (ROOT/'docs'/'heal'/'heal_ce.png').stat().st_size > 5_000
+    heal = json.loads((ROOT/'bench'/'results'/'heal.json').read_text())
+    assert set(heal['results']) == {'ce_only', 'kd_bucket', 'kd_renorm', 'kd_pure', 'rs_kd', 'kd_hidden'}
 
 def test_module_tour_lists_every_notebook():
     tour = README[README.index('## A tour'):]
