@@ -208,7 +208,9 @@ def create_cache_datasets(f:h5py.File, # an open, writable file
                          ):
     "Lay out an empty cache in `f`: the attributes and every dataset, one chunk per sequence (checksummed from version 2)."
     for key in META_KEYS: f.attrs[key] = meta[key]
-    if meta.get('hidden_layers'): f.attrs['hidden_layers'], f.attrs['hidden_size'] = np.asarray(meta['hidden_layers'], np.int64), meta['hidden_size']
+    if meta.get('hidden_layers'):
+        f.attrs['hidden_layers'], f.attrs['hidden_size'] = np.asarray(meta['hidden_layers'], np.int64), meta['hidden_size']
+        f.attrs['teacher_num_layers'] = meta.get('teacher_num_layers', 0)
     kw = dict(_codec_kwargs(meta['codec']), fletcher32=meta['format_version'] >= 2)
     for name, (shape, dt) in dataset_specs(meta, n).items():
         f.create_dataset(name, shape, dtype=dt, chunks=(1, *shape[1:]), **kw)
@@ -372,7 +374,10 @@ def _check_attributes(path, a:dict) -> dict:
     hl, hs = np.asarray(a.get('hidden_layers', [])), a.get('hidden_size', 0)
     if hl.ndim > 1 or (hl.size and (hl.dtype.kind not in 'iu' or hl.min() < -1)): raise bad('hidden_layers', 'a list of teacher layer indices (integers >= -1)')
     if hl.size and (not _is_int(hs) or not 1 <= hs <= 1 << 20): raise bad('hidden_size', 'an integer in [1, 1048576] (the teacher width) with hidden_layers')
-    return dict(a, temperatures=[float(t) for t in temps.reshape(-1)], hidden_layers=[int(i) for i in hl.reshape(-1)], hidden_size=int(hs) if hl.size else 0)
+    tn = a.get('teacher_num_layers', 0)   # 0: not recorded (older caches)
+    if not _is_int(tn) or tn < 0 or (tn and hl.size and hl.max() >= tn): raise bad('teacher_num_layers', 'the teacher\'s decoder layer count, above every hidden layer (or 0)')
+    return dict(a, temperatures=[float(t) for t in temps.reshape(-1)], hidden_layers=[int(i) for i in hl.reshape(-1)], hidden_size=int(hs) if hl.size else 0,
+                teacher_num_layers=int(tn))
 
 # %% ../nbs/04_cache_format.ipynb #70417c85
 _FILTERS = {h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_FLETCHER32, 32000, 32015}  # + lzf, zstd

@@ -117,7 +117,7 @@ class TeacherLogitsGenerator:
         if self.workers < 1: raise ValueError(f'workers={workers} must be >= 1')
         self.hidden_layers = [int(i) for i in (hidden_layers or [])]
         if self.hidden_layers:
-            n = len(teacher.get_submodule(decoder_layers_path(teacher)))
+            self._teacher_layers = n = len(teacher.get_submodule(decoder_layers_path(teacher)))   # recorded: "auto" pairs need the depth
             bad = [i for i in self.hidden_layers if not -1 <= i < n]
             if bad or len(set(self.hidden_layers)) < len(self.hidden_layers):
                 raise ValueError(f'hidden_layers={self.hidden_layers}: give distinct teacher layer indices in [-1, {n}) (the teacher has {n} decoder layers)')
@@ -141,7 +141,8 @@ def metadata(self:TeacherLogitsGenerator, rows:_Rows) -> dict:
                 id_encoding='sorted ascending, delta-coded (first = id); low 16 bits in ids, high bits in ids_hi',
                 id_bits=id_bits(self.V), value_encoding='codes: round(K ln(1 + (top1 - logp)/d0)), K = (2^bits-1)/ln(1+dmax/d0)',
                 quant_bits=self.value_bits, quant_d0=d0, quant_dmax=dmax, codec=self.codec,
-                hidden_layers=self.hidden_layers, hidden_size=int(cfg.hidden_size) if self.hidden_layers else 0)
+                hidden_layers=self.hidden_layers, hidden_size=int(cfg.hidden_size) if self.hidden_layers else 0,
+                teacher_num_layers=self._teacher_layers if self.hidden_layers else 0)
 
 # %% ../nbs/05_cache_writer.ipynb #1584415f
 @patch

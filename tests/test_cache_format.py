@@ -159,6 +159,7 @@ def test_hidden_states_stored_and_read(hidden_ref, ref):
     from kdkit.hidden import layer_outputs
     m = read_cache_metadata(hidden_ref)
     assert m['hidden_layers'] == [1, 0] and m['hidden_size'] == 64 and read_cache_metadata(ref)['hidden_layers'] == []
+    assert m['teacher_num_layers'] == 2 and read_cache_metadata(ref)['teacher_num_layers'] == 0   # the depth "auto" pairs need
     ds = CachedLogitsDataset(hidden_ref)
     assert ds.hidden_layers == [1, 0] and CachedLogitsDataset(ref).hidden_layers == []
     b = ds.read([0, 1, 2])
@@ -177,12 +178,13 @@ def test_hidden_layers_bad_values_named():
     with pytest.raises(ValueError, match=r'hidden_layers=\[5\].*2 decoder layers'): W.make_generator(hidden_layers=[5])
     with pytest.raises(ValueError, match='distinct'): W.make_generator(hidden_layers=[1, 1])
 
-@pytest.mark.parametrize('case', ['wrong dtype', 'wrong shape', 'no attribute', 'bad attribute', 'flipped bit'])
+@pytest.mark.parametrize('case', ['wrong dtype', 'wrong shape', 'no attribute', 'bad attribute', 'bad depth', 'flipped bit'])
 def test_hostile_hidden_dataset_is_refused(tmp_path, hidden_ref, ref, case):
     edits = {'wrong dtype': (hidden_ref, _replace('hidden', dtype=np.float32, chunks=(1, 2, W.S, 64), fletcher32=True), "'hidden' has dtype float32"),
              'wrong shape': (hidden_ref, _replace('hidden', shape=(W.N, 1, W.S, 64), chunks=(1, 1, W.S, 64), fletcher32=True), "'hidden' has shape"),
              'no attribute': (ref, lambda f: f.create_dataset('hidden', data=np.zeros((W.N, 1, W.S, 64), np.uint16)), "unknown dataset 'hidden'"),
-             'bad attribute': (hidden_ref, _setattr('hidden_layers', np.float32([1.5])), "'hidden_layers'")}
+             'bad attribute': (hidden_ref, _setattr('hidden_layers', np.float32([1.5])), "'hidden_layers'"),
+             'bad depth': (hidden_ref, _setattr('teacher_num_layers', 1), "'teacher_num_layers'")}
     if case == 'flipped bit':
         p = tmp_path / 'flip.h5'; shutil.copy(hidden_ref, p)
         with h5py.File(p, 'r') as f: off = f['hidden'].id.get_chunk_info(3).byte_offset + 17

@@ -180,6 +180,10 @@ def test_real_cache_with_hidden_states(setup):
     path = TeacherLogitsGenerator(teacher, tok, k=8, progress=False, hidden_layers=[3, 1]).generate(blocks, tmp / 'h.h5')
     hcache = CachedLogitsDataset(path)
     assert list(hcache.hidden_layers) == [3, 1]
+    # the cache records the teacher's depth, so "auto" needs no online teacher: every_other of 4 layers -> [[0, 1], [1, 3]]
+    assert hcache.metadata['teacher_num_layers'] == 4
+    auto = DistillationTrainer(pruned(teacher, 'every_other'), targs(tmp, 'realauto', hidden_weight=1.0), train_dataset=hcache)
+    assert auto._hidden_term().pairs == [[0, 1], [1, 3]]
     st = pruned(teacher, 'every_other')
     kw = dict(hidden_weight=1.0, hidden_layers=[[0, 1], [1, 3]], hidden_loss='mse')
     tr = DistillationTrainer(st, targs(tmp, 'real', max_steps=2, **kw), train_dataset=hcache, eval_dataset=hcache)
