@@ -34,7 +34,7 @@ BAD_FLAGS = [  # argv, what the one line must say
     (['cache', '--teacher', './no_teacher', '--data', 'demo', '--out', 'c.h5'], '--teacher ./no_teacher: no such file or folder'),
     (['cache', '--teacher', 'demo', '--data', 'missing.txt', '--out', 'c.h5'], '--data missing.txt: no such file or folder'),
     (['cache', '--teacher', 'demo', '--out', 'c.h5'], 'the following arguments are required: --data'),
-    (['run', 'nope', '--out', 'x'], "RECIPE recipe 'nope': not a packaged recipe (r01_distill, r02_sweep)"),
+    (['run', 'nope', '--out', 'x'], "RECIPE recipe 'nope': not a packaged recipe (r01_distill, r02_sweep, r03_heal)"),
     (['run', 'missing.ipynb', '--out', 'x'], "RECIPE recipe 'missing.ipynb': no such notebook"),
     (['run', 'distill', '--out', 'x', '-p', 'alpah', '0.5'], '-p/-f: unknown parameter(s) alpah; r01_distill declares: teacher, student'),
     (['run', 'distill', '--out', 'x', '-f', 'missing.yaml'], '-f/--parameters-file: parameter file missing.yaml: no such file'),
