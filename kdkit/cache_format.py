@@ -6,7 +6,7 @@ Docs: https://kdkit.github.io/kdkit/cache_format.html.md"""
 
 # %% ../nbs/04_cache_format.ipynb #37cb8b7b
 from __future__ import annotations
-import json, math, hashlib, functools
+import os, json, math, shutil, hashlib, functools
 from pathlib import Path
 import numpy as np
 import torch
@@ -15,10 +15,11 @@ import kdkit
 
 # %% auto #0
 __all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'READ_VERSIONS', 'ALIGNMENT', 'VALUE_PRESETS', 'CODECS', 'META_KEYS', 'COMPAT_KEYS',
-           'RUN_KEYS', 'LIBVER', 'DIRECT_CODECS', 'CacheError', 'id_bits', 'encode_ids', 'decode_ids',
+           'RUN_KEYS', 'LIBVER', 'DIRECT_CODECS', 'MANIFEST', 'CacheError', 'id_bits', 'encode_ids', 'decode_ids',
            'quantise_logprobs', 'quant_error_bound', 'dequantise_logprobs', 'tokenizer_fingerprint',
            'model_config_sha256', 'dataset_specs', 'create_cache_datasets', 'encode_targets', 'empty_batch',
-           'target_specs', 'decode_targets', 'fletcher32', 'encode_chunks', 'read_cache_metadata']
+           'target_specs', 'decode_targets', 'fletcher32', 'encode_chunks', 'write_manifest', 'read_shards',
+           'read_cache_metadata', 'projected_cache_bytes', 'check_disk_space']
 
 # %% ../nbs/04_cache_format.ipynb #c5a411a3
 FORMAT_NAME = 'kdkit-teacher-cache'
@@ -134,19 +135,13 @@ META_KEYS = ('format', 'format_version', 'kdkit_version', 'mode', 'teacher_name'
 COMPAT_KEYS = ('format_version', 'mode', 'teacher_config_sha256', 'vocab_size', 'tokenizer_fingerprint', 'k',
                'temperatures', 'n_samples', 'seq_len', 'quant_bits', 'quant_d0', 'quant_dmax', 'id_bits', 'hidden_layers')
 
-# %% ../nbs/04_cache_format.ipynb #1a76004b
 RUN_KEYS = COMPAT_KEYS + ('dataset_fingerprint', 'n_sequences', 'seed', 'codec')
 
 # %% ../nbs/04_cache_format.ipynb #742c250f
 def _mismatch(a:dict, b:dict, keys) -> list:
     "Keys whose values differ between metadata dicts `a` and `b`, as 'key: a != b' strings."
-    out = []
-    for key in keys:
-        va, vb = a.get(key), b.get(key)
-        va = np.asarray(va).tolist() if va is not None else None
-        vb = np.asarray(vb).tolist() if vb is not None else None
-        if va != vb: out.append(f'{key}: {va!r} != {vb!r}')
-    return out
+    plain = lambda v: None if v is None else np.asarray(v).tolist()  # numpy arrays and lists compare as lists
+    return [f'{key}: {plain(a.get(key))!r} != {plain(b.get(key))!r}' for key in keys if plain(a.get(key)) != plain(b.get(key))]
 
 # %% ../nbs/04_cache_format.ipynb #5a39ffa0
 def _sha(obj) -> str: return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
@@ -178,7 +173,6 @@ def _codec_kwargs(codec:str) -> dict:
 # %% ../nbs/04_cache_format.ipynb #cfd8d701
 LIBVER = ('v110', 'latest')
 
-# %% ../nbs/04_cache_format.ipynb #67fad501
 def _lse_temps(meta) -> list:
     "Temperatures whose LSE is stored (LSE_V(log p / 1) = 0 needs no column)."
     return [t for t in meta['temperatures'] if t != 1.0]
@@ -321,7 +315,6 @@ import zlib
 try: from isal.isal_zlib import compress as _deflate; _DEFLATE_LEVEL = 2  # ISA-L: ~4x zlib's speed at the same size on top-k chunks
 except ImportError: from zlib import compress as _deflate; _DEFLATE_LEVEL = 6
 
-# %% ../nbs/04_cache_format.ipynb #c7e1a003
 DIRECT_CODECS = ('gzip', 'none')
 
 # %% ../nbs/04_cache_format.ipynb #c7e1a004
@@ -343,7 +336,6 @@ def encode_chunks(arr:np.ndarray, # [n, ...] rows of one dataset, in its dtype (
 # %% ../nbs/04_cache_format.ipynb #0471cf95
 def _is_int(v) -> bool: return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
-# %% ../nbs/04_cache_format.ipynb #8ff7e4d5
 def _is_num(v) -> bool: return (_is_int(v) or isinstance(v, (float, np.floating))) and math.isfinite(float(v))
 
 # %% ../nbs/04_cache_format.ipynb #2d2022cf
@@ -404,12 +396,10 @@ def _check_datasets(path, f:h5py.File, meta:dict):
         if meta['format_version'] >= 2 and filters[-1:] != [h5py.h5z.FILTER_FLETCHER32]:
             raise CacheError(f'{path}: dataset {name!r} has no per-chunk checksum (format version {meta["format_version"]} requires fletcher32)')
 
-# %% ../nbs/04_cache_format.ipynb #86828cde
-def read_cache_metadata(path) -> dict:
-    "Check that `path` is a kdkit cache of a version this kdkit reads, laid out as the format says; return its attributes."
-    path = Path(path)
-    if not path.exists(): raise CacheError(f'{path}: no such cache file')
-    if path.is_dir(): raise CacheError(f'{path}: is a folder, not a cache file')
+# %% ../nbs/04_cache_format.ipynb #8c8e1812
+def _file_metadata(path:Path) -> dict:
+    "The checked attributes of cache file `path`: a kdkit cache of a version this kdkit reads, laid out as the format says."
+    if not path.is_file(): raise CacheError(f'{path}: no such cache file')
     try: f = h5py.File(path, 'r')
     except OSError as e: raise CacheError(f'{path}: not a readable HDF5 file (truncated, still being written, or not HDF5): {e}') from None
     try:
@@ -422,3 +412,88 @@ def read_cache_metadata(path) -> dict:
         try: import hdf5plugin  # noqa: F401 (importing it registers the zstd filter)
         except ImportError: raise CacheError(f'{path}: compressed with zstd; pip install hdf5plugin to read it') from None
     return meta
+
+# %% ../nbs/04_cache_format.ipynb #21846e01
+MANIFEST = 'manifest.json'
+
+def write_manifest(folder:Path, # the folder holding the shard files
+                   files:list, # [(shard file, its sequences), ...] in order
+                   meta:dict, # the cache attributes
+                  ) -> Path:
+    "Write FOLDER/manifest.json listing the shard `files` (to a temporary name, then renamed); returns its path."
+    doc = dict(format=FORMAT_NAME, format_version=meta['format_version'], n_sequences=sum(n for _, n in files),
+               shards=[dict(file=Path(p).name, n_sequences=n) for p, n in files])
+    out = Path(folder) / MANIFEST
+    tmp = out.with_name(MANIFEST + '.tmp'); tmp.write_text(json.dumps(doc, indent=1)); os.replace(tmp, out)
+    return out
+
+# %% ../nbs/04_cache_format.ipynb #22d249df
+def _read_manifest(path:Path) -> list:
+    "[(shard file, sequences), ...] listed by manifest `path`, checked field by field."
+    if not path.exists(): raise CacheError(f'{path}: no such manifest (a sharded cache folder holds {MANIFEST} once its writer has finished)')
+    try: doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e: raise CacheError(f'{path}: not a readable JSON manifest ({e})') from None
+    if not isinstance(doc, dict) or doc.get('format') != FORMAT_NAME:
+        raise CacheError(f"{path}: not a kdkit cache manifest (field 'format' should be {FORMAT_NAME!r})")
+    shards = doc.get('shards')
+    if not isinstance(shards, list) or not shards or not all(isinstance(s, dict) for s in shards):
+        raise CacheError(f"{path}: field 'shards' should be a non-empty list of {{'file': name, 'n_sequences': n}}")
+    out = []
+    for i, s in enumerate(shards):
+        name, n = s.get('file'), s.get('n_sequences')
+        if not isinstance(name, str) or name in ('', '.', '..') or Path(name).name != name or not name.endswith('.h5'):
+            raise CacheError(f"{path}: shards[{i}].file is {name!r}; expected the name of an .h5 file in the manifest's folder (no paths)")
+        if not _is_int(n) or n < 0: raise CacheError(f'{path}: shards[{i}].n_sequences is {n!r}; expected an integer >= 0')
+        out.append((path.parent / name, int(n)))
+    if doc.get('n_sequences') != sum(n for _, n in out):
+        raise CacheError(f"{path}: field 'n_sequences' is {doc.get('n_sequences')!r}; its shards hold {sum(n for _, n in out)}")
+    return out
+
+# %% ../nbs/04_cache_format.ipynb #9abcdd04
+def read_shards(path) -> tuple:
+    "(files, each one's checked metadata) of the cache at `path`: a cache file, or a sharded cache's folder or manifest."
+    path = Path(path)
+    if not (path.is_dir() or path.suffix == '.json'): return [path], [_file_metadata(path)]
+    if path.is_dir() and not (path / MANIFEST).exists(): raise CacheError(f'{path}: is a folder without {MANIFEST}: not a finished sharded cache (give a cache file, or a folder written with shards=True)')
+    listed = _read_manifest(path / MANIFEST if path.is_dir() else path)
+    metas, start, same = [], 0, [key for key in RUN_KEYS if key != 'n_sequences']
+    for p, n in listed:
+        m = _file_metadata(p)
+        if m['n_sequences'] != n: raise CacheError(f"{p}: holds {m['n_sequences']} sequences; the manifest says {n}")
+        if m.get('segment_start', start) != start: raise CacheError(f"{p}: starts at sequence {m['segment_start']}; the manifest puts it at {start}")
+        if diff := (_mismatch(metas[0], m, same) if metas else []): raise CacheError(f'{p} does not belong with {listed[0][0].name}: {"; ".join(diff)}')
+        metas.append(m); start += n
+    return [p for p, _ in listed], metas
+
+# %% ../nbs/04_cache_format.ipynb #86828cde
+def read_cache_metadata(path) -> dict:
+    "Check that `path` (a cache file, or a sharded cache's folder or manifest) is a kdkit cache this kdkit reads; return its attributes."
+    files, metas = read_shards(path)
+    if len(files) == 1 and files[0] == Path(path): return metas[0]
+    return {key: v for key, v in metas[0].items() if key != 'segment_start'} | dict(n_sequences=sum(m['n_sequences'] for m in metas))
+
+# %% ../nbs/04_cache_format.ipynb #3f414e6a
+_CODEC_RATIO = {'none': 1.0, 'lzf': 0.85, 'gzip': 0.7, 'zstd': 0.7}  # compressed / raw bytes, on real text, rounded up
+
+def projected_cache_bytes(meta:dict) -> int:
+    "Projected size in bytes of a cache with attributes `meta` (its tokens, k, mode and codec)."
+    specs = dataset_specs(meta)
+    raw = sum(math.prod(shape) * dt.itemsize for shape, dt in specs.values())
+    return int(raw * _CODEC_RATIO[meta['codec']]) + 8 * len(specs) * meta['n_sequences'] + (64 << 10)  # + chunk index, checksums, header
+
+# %% ../nbs/04_cache_format.ipynb #e336fc89
+def check_disk_space(path:Path, # the cache to write
+                     meta:dict, # its attributes
+                     written:int=0, # bytes of it already on disk (finished segments)
+                     copies:int=2, # what the writer stores: segments, then the merged file (2), or shards only (1)
+                     progress:bool=True, # print the projected size
+                    ) -> int:
+    "State the projected size of the cache at `path` (returned); a CacheError with both numbers when its disk cannot hold the rest."
+    size, path = projected_cache_bytes(meta), Path(path)
+    need, free = max(copies * size - written, 0), shutil.disk_usage(path.parent).free
+    if progress: print(f"caching {meta['n_sequences']} x {meta['seq_len']} tokens into {path.name}: projected size {size / 1e6:.1f} MB "
+                       f"({meta['codec']}), {free / 1e6:.0f} MB free", flush=True)
+    what = 'segments, then the merged copy' if copies > 1 else 'the shards'
+    if free < need: raise CacheError(f"{path}: not enough disk space: the cache's projected size is {size / 1e6:.1f} MB and writing it "
+                                     f'needs about {need / 1e6:.1f} MB free ({what}); {free / 1e6:.1f} MB are free')
+    return size

@@ -15,7 +15,7 @@ import h5py
 from torch.utils.data import Dataset
 from fastcore.basics import patch
 from .cache_format import (META_KEYS, COMPAT_KEYS, CacheError, dataset_specs, empty_batch, target_specs, decode_targets,
-                                tokenizer_fingerprint, read_cache_metadata, fletcher32, _mismatch)
+                                tokenizer_fingerprint, read_shards, fletcher32, _mismatch)
 from .models import output_width
 from .losses import match_temperature
 
@@ -150,18 +150,18 @@ class SequenceReader:
 # %% ../nbs/06_cache_reader.ipynb #b41759e8
 class CachedLogitsDataset(Dataset):
     "A torch Dataset over one cache file or several shards: items hold input_ids, attention_mask, labels and teacher fields."
-    def __init__(self, path_or_paths, # a cache file, or a list of shard files read as one dataset
+    def __init__(self, path_or_paths, # a cache file, a sharded cache (its folder or manifest.json), or a list of these, read as one dataset
                  temperatures:Sequence[float]|None=None, # top-k mode: the LSE columns to return (default: all stored)
                 ):
-        paths = [path_or_paths] if isinstance(path_or_paths, (str, Path)) else list(path_or_paths)
-        if not paths: raise CacheError('no cache files given')
-        self.paths = [Path(p) for p in paths]
-        metas = [read_cache_metadata(p) for p in self.paths]
+        srcs = [path_or_paths] if isinstance(path_or_paths, (str, Path)) else list(path_or_paths)
+        if not srcs: raise CacheError('no cache files given')
+        found = [read_shards(p) for p in srcs]
+        self.paths, metas = [Path(p) for files, _ in found for p in files], [m for _, ms in found for m in ms]
         for p, m in zip(self.paths[1:], metas[1:]):
             diff = _mismatch(metas[0], m, COMPAT_KEYS)
             if diff: raise CacheError(f'{p} does not match {self.paths[0]}: {"; ".join(diff)}')
-        self.metadata = dict(metas[0], n_sequences=sum(m['n_sequences'] for m in metas))
-        if len(metas) > 1: self.metadata['dataset_fingerprint'] = [m['dataset_fingerprint'] for m in metas]
+        self.metadata = {key: v for key, v in metas[0].items() if key != 'segment_start'} | dict(n_sequences=sum(m['n_sequences'] for m in metas))
+        if len({m['dataset_fingerprint'] for m in metas}) > 1: self.metadata['dataset_fingerprint'] = [m['dataset_fingerprint'] for m in metas]
         self._starts = np.cumsum([0] + [m['n_sequences'] for m in metas])
         self._temp_index = None if temperatures is None else _temperature_columns(self.paths[0], self.metadata, temperatures)
         self._names = list(dataset_specs(self.metadata))
@@ -331,8 +331,13 @@ def _token_text(tokenizer, # decodes ids, or None
     if tokenizer is None: return [str(i) for i in ids]
     return [tokenizer.decode([int(i)]) for i in ids]
 
+# %% ../nbs/06_cache_reader.ipynb #2a5c1173
+def _stored_bytes(path, name:str) -> int:
+    "Bytes dataset `name` of cache file `path` takes on disk."
+    with h5py.File(path, 'r') as f: return f[name].id.get_storage_size()
+
 # %% ../nbs/06_cache_reader.ipynb #675a4cb2
-def inspect_cache(path, # a cache file
+def inspect_cache(path, # a cache file, or a sharded cache's folder or manifest
                   row:int=0, # the sequence to show
                   n_tokens:int=12, # how many of its tokens
                   tokenizer=None, # the cache's tokenizer: tokens are shown decoded (ids without it)
@@ -341,11 +346,11 @@ def inspect_cache(path, # a cache file
     ds = CachedLogitsDataset(path)
     m, n, S = ds.metadata, len(ds), ds.metadata['seq_len']
     if not -n <= row < n: raise CacheError(f'{path}: row={row} is outside the cache\'s {n} rows')
-    size = Path(path).stat().st_size
+    size = sum(p.stat().st_size for p in ds.paths)
     out = dict(path=str(path), metadata={key: m[key] for key in META_KEYS + ('hidden_layers', 'hidden_size')}, rows=n, tokens=n * S, file_bytes=size,
                bytes_per_token=size / (n * S), bytes_per_entry=size / (n * S * m['k']))
     if m['hidden_layers']:
-        with h5py.File(path, 'r') as f: out['hidden_bytes_per_token'] = f['hidden'].id.get_storage_size() / (n * S)
+        out['hidden_bytes_per_token'] = sum(_stored_bytes(p, 'hidden') for p in ds.paths) / (n * S)
     sample = ds.read(np.linspace(0, n - 1, min(n, 64)).astype(int))
     if m['mode'] == 'topk': out['mean_topk_mass'] = float((-torch.expm1(sample['teacher_tail_logprob'].double())).mean())
     else: out['mean_unique_ids'] = float((sample['teacher_counts'] > 0).sum(-1).float().mean())

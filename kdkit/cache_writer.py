@@ -18,13 +18,14 @@ from .progress import progress_bar
 import kdkit
 from .cache_format import (FORMAT_NAME, FORMAT_VERSION, ALIGNMENT, VALUE_PRESETS, CODECS, LIBVER, RUN_KEYS, CacheError,
                                 id_bits, create_cache_datasets, encode_targets, tokenizer_fingerprint, model_config_sha256,
-                                read_cache_metadata, dataset_specs, encode_chunks, DIRECT_CODECS, _mismatch)
+                                read_cache_metadata, dataset_specs, encode_chunks, DIRECT_CODECS, MANIFEST, _mismatch,
+                                write_manifest, check_disk_space)
 from .models import output_width, model_lm_head, model_hidden_states, decoder_layers_path
 from .hidden import layer_outputs
 from .losses import topk_targets, sample_targets
 
 # %% auto #0
-__all__ = ['sample_seed', 'TeacherLogitsGenerator', 'segment_path', 'plan_segments', 'projected_cache_bytes']
+__all__ = ['sample_seed', 'TeacherLogitsGenerator', 'segment_path', 'plan_segments']
 
 # %% ../nbs/05_cache_writer.ipynb #256151c4
 class _Rows:
@@ -64,13 +65,6 @@ def fingerprint(self:_Rows, block=1024) -> str:
         if r['input_ids'].shape[1] != self.seq_len: raise CacheError(f'{self.name}: rows {a}.. have {r["input_ids"].shape[1]} tokens, row 0 has {self.seq_len}')
         for c in ('input_ids', 'attention_mask', 'labels'): h.update(r[c].tobytes())
     return h.hexdigest()
-
-# %% ../nbs/05_cache_writer.ipynb #e1039293
-def _plain_lm_head(model):
-    "(weight, bias) when the model's logits are `hidden @ W.T (+ b)` of its decoder's output, else None."
-    if not hasattr(model, 'get_decoder'): return None
-    try: return model_lm_head(model)
-    except (ValueError, AttributeError): return None
 
 # %% ../nbs/05_cache_writer.ipynb #2969d3bc
 def sample_seed(seed:int, sequence:int, position:int) -> int:
@@ -153,7 +147,8 @@ def _logit_chunks(self:TeacherLogitsGenerator, x, m):
     B, S = x.shape
     c = min(self.chunk_size or S, S)                                         # positions of a sequence per chunk
     g = max(1, (self.chunk_size or S) // S)                                  # whole sequences per chunk
-    head = _plain_lm_head(self.teacher)
+    try: head = model_lm_head(self.teacher) if hasattr(self.teacher, 'get_decoder') else None
+    except (ValueError, AttributeError): head = None
     if head is None:  # logits are not a plain linear map of the hidden states: use the model's own
         z = self.teacher(input_ids=x, attention_mask=m).logits[..., :self.V]  # [B,S,V] teacher dtype
         logits = lambda i, c0: z[i:i + g, c0:c0 + c]
@@ -237,11 +232,12 @@ def plan_segments(n:int, # sequences in the dataset
 
 # %% ../nbs/05_cache_writer.ipynb #3bac6ded
 def _fsync(path):
-    "fsync a file, then its folder (so a rename survives a crash)."
-    with open(path, 'rb+') as fh: os.fsync(fh.fileno())
-    fd = os.open(Path(path).parent, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
+    "fsync a file or folder, then the folder holding it (so a rename survives a crash); returns `path`."
+    for p in (path, Path(path).parent):
+        fd = os.open(p, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    return path
 
 # %% ../nbs/05_cache_writer.ipynb #0dd42968
 def _store_segment(r:dict, # the segment's input_ids, attention_mask, labels [b-a, S]
@@ -306,6 +302,15 @@ def _discard_merged(path:Path, merged:tuple|None):
         except (OSError, RuntimeError, ValueError): pass
     path.with_name(path.name + '.tmp').unlink(missing_ok=True)
 
+# %% ../nbs/05_cache_writer.ipynb #04ab558c
+def _replace(src:Path, path:Path):
+    "Move finished `src` (a file or folder) to `path`, replacing what is there (moved aside first unless both are files)."
+    old, aside = path.with_name(path.name + '.old'), path.exists() and (path.is_dir() or src.is_dir())
+    drop = lambda: shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    if aside: drop(); os.replace(path, old)
+    os.replace(src, path)
+    _fsync(path); drop()
+
 # %% ../nbs/05_cache_writer.ipynb #00fa6948
 def _merge_segments(path:Path, parts:Path, segs:list, meta:dict, merged:tuple|None=None):
     "Copy every segment's chunks not yet in `merged` into PATH.tmp, then rename it to PATH and remove the parts."
@@ -323,9 +328,14 @@ def _merge_segments(path:Path, parts:Path, segs:list, meta:dict, merged:tuple|No
     except (OSError, RuntimeError) as e:
         _discard_merged(path, merged)
         raise CacheError(f'{path}: cannot write the merged cache ({e}); free disk space and run again (the segments are kept)') from None
-    os.replace(tmp, path)
-    _fsync(path)
+    _replace(tmp, path)
     shutil.rmtree(parts, ignore_errors=True)
+
+# %% ../nbs/05_cache_writer.ipynb #ef81c1e7
+def _publish_shards(path:Path, parts:Path, segs:list, meta:dict):
+    "Write the manifest of the finished segments into PATH.parts, then rename the folder to PATH: a sharded cache."
+    _fsync(write_manifest(parts, [(segment_path(parts, a, b), b - a) for a, b in segs], meta))
+    _replace(parts, path)
 
 # %% ../nbs/05_cache_writer.ipynb #de03879e
 def _dist_info():
@@ -337,6 +347,7 @@ def _dist_info():
 # %% ../nbs/05_cache_writer.ipynb #cfc7bbe5
 def _check_output(path:Path, meta:dict, resume:bool, overwrite:bool) -> bool:
     "True when `path` already holds this very cache (nothing to do); a CacheError when it holds anything else."
+    if path.is_dir() and not (path / MANIFEST).exists(): raise CacheError(f'{path} is a folder but not a finished sharded kdkit cache (no {MANIFEST}); choose another path')
     if not path.exists() or overwrite: return False
     try: old = read_cache_metadata(path)
     except CacheError as e: raise CacheError(f'{path} exists and is not a finished kdkit cache ({e}); pass overwrite=True or another path') from None
@@ -356,14 +367,23 @@ def _wait_for(done, # () -> bool
         if time.monotonic() > deadline: raise CacheError(f'waited {timeout:g} s for {what()}; is every rank running (RANK, WORLD_SIZE)?')
         time.sleep(0.2)
 
+# %% ../nbs/05_cache_writer.ipynb #7fecbbba
+_GLOO_GROUPS = {}  # default process group -> a gloo group of the same ranks
+
+def _barrier_group(timeout:float):
+    "The group to meet in: the default one under gloo, else a gloo group of every rank (NCCL's barrier has no timeout)."
+    dist = torch.distributed
+    if dist.get_backend() == 'gloo': return None
+    key = id(dist.group.WORLD)
+    if key not in _GLOO_GROUPS: _GLOO_GROUPS[key] = dist.new_group(backend='gloo', timeout=datetime.timedelta(seconds=timeout))
+    return _GLOO_GROUPS[key]
+
 # %% ../nbs/05_cache_writer.ipynb #4c88df8d
 def _barrier(step:str, timeout:float) -> bool:
     "Meet the other ranks at `step` when a process group is up (False when there is none); CacheError when they do not come."
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()): return False
-    try:
-        if dist.get_backend() == 'gloo': dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout), wait_all_ranks=True)
-        else: dist.barrier()
+    try: dist.monitored_barrier(_barrier_group(timeout), timeout=datetime.timedelta(seconds=timeout), wait_all_ranks=True)
     except RuntimeError as e: raise CacheError(f'rank {dist.get_rank()}: the other ranks did not reach {step!r} within {timeout:g} s ({e})') from None
     return True
 
@@ -417,39 +437,18 @@ def _write_segments(self:TeacherLogitsGenerator, rows:_Rows, meta:dict, parts:Pa
         writer.shutdown()
 
 # %% ../nbs/05_cache_writer.ipynb #c2de93e3
-def _finish(path:Path, parts:Path, segs:list, meta:dict, rank:int, world:int, timeout:float, merged:tuple|None=None):
-    "Rank 0: merge the segments once all exist; other ranks: wait for the merged file (each wait at most `timeout` s)."
+def _finish(path:Path, parts:Path, segs:list, meta:dict, rank:int, world:int, timeout:float, merged:tuple|None=None, shards:bool=False):
+    "Rank 0: merge the segments (or publish them as shards) once all exist; other ranks: wait for PATH (each wait at most `timeout` s)."
     missing = lambda: [(j % world, s) for j, s in enumerate(segs) if not segment_path(parts, *s).exists()]
     name = lambda: ', '.join(f'{segment_path(parts, *s).name} (rank {r})' for r, s in missing()[:8])
     if rank == 0:
         if not _barrier('segments written', timeout): _wait_for(lambda: not missing(), timeout, lambda: f'the segments {name()}')
         if missing(): raise CacheError(f'{path}: segments missing after every rank finished: {name()}')
-        _merge_segments(path, parts, segs, meta, merged)
+        if shards: _publish_shards(path, parts, segs, meta)
+        else: _merge_segments(path, parts, segs, meta, merged)
         _barrier('merged', timeout)
     elif _barrier('segments written', timeout): _barrier('merged', timeout)
     else: _wait_for(lambda: path.exists() and not parts.exists(), timeout, lambda: f'rank 0 to merge {path.name}')
-
-# %% ../nbs/05_cache_writer.ipynb #0f0af19f
-_CODEC_RATIO = {'none': 1.0, 'lzf': 0.85, 'gzip': 0.7, 'zstd': 0.7}  # compressed / raw bytes, on real text, rounded up
-
-# %% ../nbs/05_cache_writer.ipynb #e780389b
-def projected_cache_bytes(meta:dict) -> int:
-    "Projected size in bytes of a cache with attributes `meta` (its tokens, k, mode and codec)."
-    specs = dataset_specs(meta)
-    raw = sum(math.prod(shape) * dt.itemsize for shape, dt in specs.values())
-    return int(raw * _CODEC_RATIO[meta['codec']]) + 8 * len(specs) * meta['n_sequences'] + (64 << 10)  # + chunk index, checksums, header
-
-# %% ../nbs/05_cache_writer.ipynb #9c4e93eb
-def _check_disk(path:Path, meta:dict, parts:Path, progress:bool):
-    "State the projected size; CacheError when the disk of `path` cannot hold the segments still to write plus the merged copy."
-    size = projected_cache_bytes(meta)
-    done = sum(p.stat().st_size for p in parts.glob('seg-*.h5'))
-    need, free = max(2 * size - done, 0), shutil.disk_usage(path.parent).free
-    if progress: print(f"caching {meta['n_sequences']} x {meta['seq_len']} tokens into {path.name}: projected size {size / 1e6:.1f} MB "
-                       f"({meta['codec']}), {free / 1e6:.0f} MB free", flush=True)
-    if free < need:
-        raise CacheError(f"{path}: not enough disk space: the cache's projected size is {size / 1e6:.1f} MB and writing it "
-                         f'needs about {need / 1e6:.1f} MB free (segments, then the merged copy); {free / 1e6:.1f} MB are free')
 
 # %% ../nbs/05_cache_writer.ipynb #d7f858c1
 @contextlib.contextmanager
@@ -476,22 +475,23 @@ def generate(self:TeacherLogitsGenerator, dataset, # tokenised blocks: input_ids
              path, # the cache file to write
              resume:bool=True, # reuse finished segments (and return an existing identical cache)
              overwrite:bool=False, # replace an existing cache at `path` that differs
+             shards:bool=False, # keep the segment files and a manifest in folder `path` instead of merging them into one file
             ) -> Path:
-    "Cache the teacher's targets for every position of `dataset` in `path`; returns `path`."
+    "Cache the teacher's targets for every position of `dataset` in `path` (a file, or with `shards` a folder); returns `path`."
     path, rows = Path(path), _Rows(dataset, 'dataset')
     meta = self.metadata(rows)
     rank, world = _dist_info()
     with _output_lock(path, rank):
         if _check_output(path, meta, resume, overwrite): return path                      # 1. check
         parts = _prepare_parts(path, meta, resume, rank, self.wait_timeout)                 # 2. plan
-        if rank == 0: _check_disk(path, meta, parts, self.progress)
+        if rank == 0: check_disk_space(path, meta, sum(p.stat().st_size for p in parts.glob('seg-*.h5')), 1 if shards else 2, self.progress)
         segs = plan_segments(rows.n, self.segment_size)
         mine = [s for j, s in enumerate(segs) if j % world == rank and not segment_path(parts, *s).exists()]
         desc = f'caching {path.name}' + (f' [rank {rank}/{world}]' if world > 1 else '')
-        merged = _open_merged(path, meta) if world == 1 else None                          # filled as segments finish
+        merged = _open_merged(path, meta) if world == 1 and not shards else None           # filled as segments finish
         try:
             self._write_segments(rows, meta, parts, mine, desc, merged)                     # 3. compute and write
-            _finish(path, parts, segs, meta, rank, world, self.wait_timeout, merged)       # 4. merge
+            _finish(path, parts, segs, meta, rank, world, self.wait_timeout, merged, shards)  # 4. merge
         except BaseException:
             _discard_merged(path, merged)
             raise

@@ -157,7 +157,7 @@ def _cache_args(p):
     p.add_argument('--teacher', required=True, help="teacher: 'demo' (kdkit's demo teacher), 'smollm2', a local model folder or a Hub id")
     p.add_argument('--gguf-file', default=None, help='GGUF file name inside --teacher, for GGUF teachers')
     p.add_argument('--data', required=True, help="'demo' (generated corpus), 'stdlib' (Python's docs), or a prepare_dataset source: file(s), folder, Hub name")
-    p.add_argument('--out', required=True, help='cache file to write (.h5); its folder must exist')
+    p.add_argument('--out', required=True, help='cache file to write (.h5), or with --shards a folder to create; its parent folder must exist')
     p.add_argument('--k', type=_number(int, low=1), default=64, help='top-k ids kept per position')
     p.add_argument('--mode', choices=['topk', 'sample'], default='topk', help='top-k + exact tail, or random-sampling KD (ids + counts)')
     p.add_argument('--temperatures', type=_number(float, above=0), nargs='+', default=[1.0],
@@ -173,6 +173,7 @@ def _cache_args(p):
     p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'], help='teacher dtype')
     p.add_argument('--no-resume', dest='resume', action='store_false', help='discard finished segments of an interrupted run')
     p.add_argument('--overwrite', action='store_true', help='replace an existing, different cache at --out')
+    p.add_argument('--shards', action='store_true', help='keep the segment files and a manifest in folder --out instead of merging them into one file (large caches)')
     p.add_argument('--hidden-layers', type=_int_list, default=None,
                    help='also store these teacher decoder layers\' outputs (before the final norm, bf16), e.g. 3,7: for hidden-state distillation')
 
@@ -182,7 +183,7 @@ def _check_cache_flags(a):
     from kdkit.cache import CODECS, VALUE_PRESETS
     out = Path(a.out)
     if not out.parent.is_dir(): raise UsageError(f"--out {a.out}: the folder {out.parent} does not exist")
-    if out.is_dir(): raise UsageError(f"--out {a.out}: is a folder; give a cache file path (.h5)")
+    if out.is_dir() and not a.shards: raise UsageError(f"--out {a.out}: is a folder; give a cache file path (.h5), or pass --shards for a sharded cache")
     _check_exists(a.teacher, '--teacher', ('demo', 'smollm2'))
     if a.gguf_file and not (Path(a.teacher)/a.gguf_file).is_file(): raise UsageError(f"--gguf-file {a.gguf_file}: no such file in --teacher {a.teacher}")
     _check_exists(a.data, '--data', ('demo', 'stdlib'))
@@ -223,7 +224,7 @@ def _cache(a):
         if 'hidden_layers' in str(e): raise UsageError(f"--hidden-layers {','.join(map(str, a.hidden_layers))}: {e}") from None
         raise
     data = _cache_data(a, tok)
-    try: path = gen.generate(data, a.out, resume=a.resume, overwrite=a.overwrite)
+    try: path = gen.generate(data, a.out, resume=a.resume, overwrite=a.overwrite, shards=a.shards)
     except CacheError as e:
         msg = _flag_hints(str(e))
         raise UsageError(f"--out {msg}" if msg.startswith(str(a.out)) else f"--out {a.out}: {msg}") from None
@@ -233,7 +234,7 @@ def _cache(a):
 # %% ../nbs/11_cli.ipynb #05a57c46
 def _inspect_args(p):
     "Flags of `kdkit inspect`."
-    p.add_argument('path', help='cache file (.h5)')
+    p.add_argument('path', help='cache file (.h5), or a sharded cache\'s folder or manifest.json')
     p.add_argument('--row', type=_number(int, low=0), default=0, help='sequence whose first tokens are shown')
     p.add_argument('--n-tokens', type=_number(int, low=1), default=12, help='how many tokens of that row')
     p.add_argument('--tokenizer', default=None,
@@ -256,7 +257,7 @@ def _inspect(a):
     "Run `kdkit inspect`."
     from kdkit.cache import CacheError, format_inspection, inspect_cache, read_cache_metadata
     from kdkit.models import load_tokenizer
-    if not Path(a.path).is_file(): raise UsageError(f"PATH {a.path}: no such cache file")
+    if not Path(a.path).exists(): raise UsageError(f"PATH {a.path}: no such cache file or folder")
     try:
         meta = read_cache_metadata(a.path)
         if a.row >= meta['n_sequences']: raise UsageError(f"--row {a.row}: the cache has rows 0 to {meta['n_sequences'] - 1}")

@@ -1,6 +1,6 @@
 """Helper process and shared helpers for the cache tests (no tests here): a tiny seeded teacher and dataset, cached.
 
-    python tests/cache_worker.py OUT.h5 [--sleep S] [--mode topk|sample] [--dist]
+    python tests/cache_worker.py OUT.h5 [--sleep S] [--mode topk|sample] [--dist] [--shards] [--fake-nccl] [--absent-rank R]
     torchrun --nproc_per_node=2 tests/cache_worker.py OUT.h5 --dist
 """
 import argparse, os, time
@@ -44,13 +44,19 @@ if __name__ == '__main__':
     p.add_argument('out'); p.add_argument('--sleep', type=float, default=0.0); p.add_argument('--mode', default='topk')
     p.add_argument('--dist', action='store_true', help='init a gloo process group (under torchrun)')
     p.add_argument('--wait-timeout', type=float, default=None, help='seconds a rank waits for the others')
+    p.add_argument('--shards', action='store_true', help='write a sharded cache (folder + manifest)')
+    p.add_argument('--fake-nccl', action='store_true', help='kdkit sees a non-gloo backend (the barriers then use a gloo side group)')
+    p.add_argument('--absent-rank', type=int, default=None, help='this rank joins the process group but never writes')
     a = p.parse_args()
     if a.dist:
         import torch.distributed as dist
         dist.init_process_group('gloo')
+        if a.fake_nccl: dist.get_backend = lambda group=None: 'nccl'
+    if a.absent_rank is not None and a.absent_rank == int(os.environ.get('RANK', 0)):
+        time.sleep(4 * (a.wait_timeout or 1)); os._exit(0)
     kw = {} if a.wait_timeout is None else dict(wait_timeout=a.wait_timeout)
     gen, data = make_generator(a.mode, a.sleep, **kw), toy_blocks()
     print('READY', flush=True)  # imports done: the kill tests time their kills from here
-    gen.generate(data, Path(a.out))
+    gen.generate(data, Path(a.out), shards=a.shards)
     print('DONE', os.environ.get('RANK', '0'), flush=True)
     if a.dist: dist.destroy_process_group()

@@ -55,6 +55,19 @@ def test_cli_cache_and_inspect(hf_teacher, capsys, tmp_path):
     assert rc == 2 and "--k 301: at most the teacher's vocabulary size, 300" in text, text
 
 
+def test_cli_cache_shards_and_inspect_the_folder(hf_teacher, capsys, tmp_path):
+    "--shards leaves a folder of segment files and a manifest; inspect and the reader take the folder."
+    out = tmp_path / 'shards'
+    rc, text = _run_cli(['cache', '--teacher', hf_teacher / 'model', '--data', hf_teacher / 'corpus.txt', '--out', out, '--k', '8',
+                         '--seq-len', '32', '--limit', '6', '--segment-size', '2', '--shards'], capsys)
+    assert rc == 0 and out.is_dir() and (out / 'manifest.json').exists() and len(list(out.glob('seg-*.h5'))) == 3
+    rc, text = _run_cli(['inspect', out, '--tokenizer', 'ids'], capsys)
+    assert rc == 0 and 'rows 6, tokens 192' in text
+    assert len(CachedLogitsDataset(out)) == 6
+    (tmp_path / 'plain').mkdir()
+    rc, text = _run_cli(['cache', '--teacher', hf_teacher / 'model', '--data', 'demo', '--out', tmp_path / 'plain'], capsys, err=True)
+    assert rc == 2 and 'is a folder; give a cache file path (.h5), or pass --shards' in text
+
 @pytest.mark.parametrize('damage', ['truncated', 'zeroed chunk', 'not hdf5'])
 def test_cli_inspect_of_a_damaged_cache_is_one_line(hf_teacher, capsys, tmp_path, damage):
     out = tmp_path / 'c.h5'

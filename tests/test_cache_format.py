@@ -44,7 +44,7 @@ def test_plain_h5py_and_h5dump_read_default(ref):
 
 def test_bad_files(tmp_path, ref):
     with pytest.raises(CacheError, match='no such cache file'): CachedLogitsDataset(tmp_path / 'missing.h5')
-    with pytest.raises(CacheError, match='is a folder'): CachedLogitsDataset(tmp_path)
+    with pytest.raises(CacheError, match='is a folder without manifest.json'): CachedLogitsDataset(tmp_path)
     (tmp_path / 'text.h5').write_text('hello')
     with pytest.raises(CacheError, match='text.h5: not a readable HDF5'): CachedLogitsDataset(tmp_path / 'text.h5')
     with h5py.File(tmp_path / 'other.h5', 'w') as f: f['x'] = [1]

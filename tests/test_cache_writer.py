@@ -359,7 +359,7 @@ def test_projected_size_refused_when_the_disk_cannot_hold_it(small_disk, capsys)
 def test_full_disk_during_the_run_is_a_clear_error(small_disk, monkeypatch, tmp_path, ref):
     "The projection passes but the disk fills: a CacheError, no crash, nothing half-written kept; more space, and it resumes."
     import kdkit.cache_writer as cw
-    monkeypatch.setattr(cw, '_check_disk', lambda *a: None)
+    monkeypatch.setattr(cw, 'check_disk_space', lambda *a: 0)
     (small_disk / 'filler').write_bytes(b'\0' * (140 << 10))
     out = small_disk / 'c.h5'
     with pytest.raises(CacheError, match=r'(cannot write the segment|merging needs|cannot write the merged cache).*(No space|free)'):
