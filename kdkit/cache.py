@@ -17,8 +17,8 @@ __all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'ALIGNMENT', 'VALUE_PRESETS', 'CODEC
 from .cache_format import (FORMAT_NAME, FORMAT_VERSION, ALIGNMENT, VALUE_PRESETS, CODECS, META_KEYS, COMPAT_KEYS, RUN_KEYS,
                                 LIBVER, CacheError, id_bits, encode_ids, decode_ids, quantise_logprobs, quant_error_bound,
                                 dequantise_logprobs, create_cache_datasets, encode_targets, empty_batch, target_specs,
-                                decode_targets, tokenizer_fingerprint, model_config_sha256, read_cache_metadata, read_shards,
-                                projected_cache_bytes)
+                                decode_targets, tokenizer_fingerprint, model_config_sha256)
+from .cache_files import read_cache_metadata, read_shards, projected_cache_bytes
 from .cache_writer import TeacherLogitsGenerator, sample_seed, segment_path, plan_segments
 from .cache_reader import (ReadItems, collate_teacher_batch, unshuffle, chunk_filters, chunk_locations, SequenceReader,
                                 CachedLogitsDataset, reconstruct_teacher_logits, inspect_cache, format_inspection)

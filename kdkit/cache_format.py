@@ -1,4 +1,4 @@
-"""The teacher cache on disk: layout, encodings of ids and log-probs, attributes, and the checks a file must pass.
+"""The teacher cache on disk: layout, encodings of ids and log-probs, attributes and fingerprints.
 
 Docs: https://kdkit.github.io/kdkit/cache_format.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://kdkit.github.io/kdkit/cache_format.html.md"""
 
 # %% ../nbs/04_cache_format.ipynb #37cb8b7b
 from __future__ import annotations
-import os, json, math, shutil, hashlib, functools
+import json, math, hashlib, functools
 from pathlib import Path
 import numpy as np
 import torch
@@ -15,11 +15,10 @@ import kdkit
 
 # %% auto #0
 __all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'READ_VERSIONS', 'ALIGNMENT', 'VALUE_PRESETS', 'CODECS', 'META_KEYS', 'COMPAT_KEYS',
-           'RUN_KEYS', 'LIBVER', 'DIRECT_CODECS', 'MANIFEST', 'CacheError', 'id_bits', 'encode_ids', 'decode_ids',
+           'RUN_KEYS', 'LIBVER', 'DIRECT_CODECS', 'CacheError', 'id_bits', 'encode_ids', 'decode_ids',
            'quantise_logprobs', 'quant_error_bound', 'dequantise_logprobs', 'tokenizer_fingerprint',
            'model_config_sha256', 'dataset_specs', 'create_cache_datasets', 'encode_targets', 'empty_batch',
-           'target_specs', 'decode_targets', 'fletcher32', 'encode_chunks', 'write_manifest', 'read_shards',
-           'read_cache_metadata', 'projected_cache_bytes', 'check_disk_space']
+           'target_specs', 'decode_targets', 'fletcher32', 'encode_chunks']
 
 # %% ../nbs/04_cache_format.ipynb #c5a411a3
 FORMAT_NAME = 'kdkit-teacher-cache'
@@ -332,168 +331,3 @@ def encode_chunks(arr:np.ndarray, # [n, ...] rows of one dataset, in its dtype (
     chunks = [deflate(r) for r in b] if codec == 'gzip' else [r.tobytes() for r in b]
     if not checksum: return chunks
     return [c + s.tobytes() for c, s in zip(chunks, fletcher32(chunks).astype('<u4'))]
-
-# %% ../nbs/04_cache_format.ipynb #0471cf95
-def _is_int(v) -> bool: return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-def _is_num(v) -> bool: return (_is_int(v) or isinstance(v, (float, np.floating))) and math.isfinite(float(v))
-
-# %% ../nbs/04_cache_format.ipynb #2d2022cf
-def _check_attributes(path, a:dict) -> dict:
-    "The attributes `a` of cache `path`, checked for type and range (a CacheError naming the attribute), as a dict."
-    bad = lambda key, what: CacheError(f'{path}: attribute {key!r} is {a.get(key)!r}; expected {what}')
-    if a.get('format') != FORMAT_NAME:
-        raise CacheError(f"{path}: not a kdkit teacher cache (attribute 'format' is {a.get('format')!r}, expected {FORMAT_NAME!r})")
-    if not _is_int(a.get('format_version')) or a['format_version'] not in READ_VERSIONS:
-        raise CacheError(f"{path}: cache format version {a.get('format_version')!r} is not supported by kdkit {kdkit.__version__} (reads versions {list(READ_VERSIONS)})")
-    missing = [key for key in META_KEYS if key not in a]
-    if missing: raise CacheError(f'{path}: missing attributes {missing}')
-    for key in ('kdkit_version', 'teacher_name', 'teacher_config_sha256', 'tokenizer_name', 'tokenizer_fingerprint', 'alignment', 'id_encoding', 'value_encoding'):
-        if not isinstance(a[key], str): raise bad(key, 'a string')
-    if a['mode'] not in ('topk', 'sample'): raise bad('mode', "'topk' or 'sample'")
-    if a['codec'] not in CODECS: raise bad('codec', f'one of {CODECS}')
-    for key, lo, hi in [('vocab_size', 1, 1 << 24), ('seq_len', 1, 1 << 24), ('n_sequences', 0, 1 << 40), ('n_samples', 0, 65535), ('quant_bits', 1, 8)]:
-        if not _is_int(a[key]) or not lo <= a[key] <= hi: raise bad(key, f'an integer in [{lo}, {hi}]')
-    if not _is_int(a['seed']): raise bad('seed', 'an integer')
-    if not _is_int(a['k']) or not 1 <= a['k'] <= a['vocab_size']: raise bad('k', f"an integer in [1, vocab_size={a['vocab_size']}]")
-    if a['id_bits'] != id_bits(a['vocab_size']): raise bad('id_bits', f"{id_bits(a['vocab_size'])} for vocab_size {a['vocab_size']}")
-    for key in ('quant_d0', 'quant_dmax'):
-        if not _is_num(a[key]) or not a[key] > 0: raise bad(key, 'a positive finite number')
-    temps = np.asarray(a['temperatures'])
-    if temps.ndim > 1 or temps.size == 0 or temps.dtype.kind not in 'fiu' or not all(_is_num(t) and t > 0 for t in temps.reshape(-1).tolist()):
-        raise bad('temperatures', 'a non-empty list of positive finite numbers')
-    if a['mode'] == 'sample' and (temps.size != 1 or not 1 <= a['n_samples']): raise bad('temperatures', 'one capture temperature and n_samples >= 1 in sample mode')
-    hl, hs = np.asarray(a.get('hidden_layers', [])), a.get('hidden_size', 0)
-    if hl.ndim > 1 or (hl.size and (hl.dtype.kind not in 'iu' or hl.min() < -1)): raise bad('hidden_layers', 'a list of teacher layer indices (integers >= -1)')
-    if hl.size and (not _is_int(hs) or not 1 <= hs <= 1 << 20): raise bad('hidden_size', 'an integer in [1, 1048576] (the teacher width) with hidden_layers')
-    tn = a.get('teacher_num_layers', 0)   # 0: not recorded (older caches)
-    if not _is_int(tn) or tn < 0 or (tn and hl.size and hl.max() >= tn): raise bad('teacher_num_layers', 'the teacher\'s decoder layer count, above every hidden layer (or 0)')
-    return dict(a, temperatures=[float(t) for t in temps.reshape(-1)], hidden_layers=[int(i) for i in hl.reshape(-1)], hidden_size=int(hs) if hl.size else 0,
-                teacher_num_layers=int(tn))
-
-# %% ../nbs/04_cache_format.ipynb #70417c85
-_FILTERS = {h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_FLETCHER32, 32000, 32015}  # + lzf, zstd
-
-# %% ../nbs/04_cache_format.ipynb #261d4c5e
-def _check_datasets(path, f:h5py.File, meta:dict):
-    "CacheError naming the dataset when `f` holds anything other than the datasets `meta` says, laid out as this format writes them."
-    want = dataset_specs(meta)
-    for name in f:
-        link = f.get(name, getlink=True)
-        if not isinstance(link, h5py.HardLink): raise CacheError(f'{path}: {name!r} is a {type(link).__name__}, not a dataset; kdkit caches hold no links')
-        if not isinstance(f[name], h5py.Dataset): raise CacheError(f'{path}: {name!r} is a group, not a dataset')
-        if name not in want: raise CacheError(f'{path}: unknown dataset {name!r}; a {meta["mode"]} cache holds {list(want)}')
-    for name, (shape, dt) in want.items():
-        if name not in f: raise CacheError(f'{path}: dataset {name!r} is missing')
-        d = f[name]
-        pl = d.id.get_create_plist()
-        if d.is_virtual or pl.get_external_count(): raise CacheError(f'{path}: dataset {name!r} is stored outside the file (external or virtual storage); refused')
-        if d.shape != shape: raise CacheError(f"{path}: dataset {name!r} has shape {d.shape}; the attributes say {shape}")
-        if d.dtype != dt: raise CacheError(f'{path}: dataset {name!r} has dtype {d.dtype}; the format stores {dt}')
-        if d.chunks != (1, *shape[1:]): raise CacheError(f'{path}: dataset {name!r} has chunks {d.chunks}; the format stores one sequence per chunk {(1, *shape[1:])}')
-        filters = [pl.get_filter(i)[0] for i in range(pl.get_nfilters())]
-        if set(filters) - _FILTERS: raise CacheError(f'{path}: dataset {name!r} uses HDF5 filters {filters} this format does not write')
-        if meta['format_version'] >= 2 and filters[-1:] != [h5py.h5z.FILTER_FLETCHER32]:
-            raise CacheError(f'{path}: dataset {name!r} has no per-chunk checksum (format version {meta["format_version"]} requires fletcher32)')
-
-# %% ../nbs/04_cache_format.ipynb #8c8e1812
-def _file_metadata(path:Path) -> dict:
-    "The checked attributes of cache file `path`: a kdkit cache of a version this kdkit reads, laid out as the format says."
-    if not path.is_file(): raise CacheError(f'{path}: no such cache file')
-    try: f = h5py.File(path, 'r')
-    except OSError as e: raise CacheError(f'{path}: not a readable HDF5 file (truncated, still being written, or not HDF5): {e}') from None
-    try:
-        with f:
-            meta = _check_attributes(path, {key: (v.item() if isinstance(v, np.generic) else v) for key, v in f.attrs.items()})
-            _check_datasets(path, f, meta)
-    except (OSError, KeyError, RuntimeError, TypeError) as e:  # damaged HDF5 structures
-        raise CacheError(f'{path}: damaged HDF5 structure ({type(e).__name__}: {e})') from None
-    if meta['codec'] == 'zstd':
-        try: import hdf5plugin  # noqa: F401 (importing it registers the zstd filter)
-        except ImportError: raise CacheError(f'{path}: compressed with zstd; pip install hdf5plugin to read it') from None
-    return meta
-
-# %% ../nbs/04_cache_format.ipynb #21846e01
-MANIFEST = 'manifest.json'
-
-def write_manifest(folder:Path, # the folder holding the shard files
-                   files:list, # [(shard file, its sequences), ...] in order
-                   meta:dict, # the cache attributes
-                  ) -> Path:
-    "Write FOLDER/manifest.json listing the shard `files` (to a temporary name, then renamed); returns its path."
-    doc = dict(format=FORMAT_NAME, format_version=meta['format_version'], n_sequences=sum(n for _, n in files),
-               shards=[dict(file=Path(p).name, n_sequences=n) for p, n in files])
-    out = Path(folder) / MANIFEST
-    tmp = out.with_name(MANIFEST + '.tmp'); tmp.write_text(json.dumps(doc, indent=1)); os.replace(tmp, out)
-    return out
-
-# %% ../nbs/04_cache_format.ipynb #22d249df
-def _read_manifest(path:Path) -> list:
-    "[(shard file, sequences), ...] listed by manifest `path`, checked field by field."
-    if not path.exists(): raise CacheError(f'{path}: no such manifest (a sharded cache folder holds {MANIFEST} once its writer has finished)')
-    try: doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e: raise CacheError(f'{path}: not a readable JSON manifest ({e})') from None
-    if not isinstance(doc, dict) or doc.get('format') != FORMAT_NAME:
-        raise CacheError(f"{path}: not a kdkit cache manifest (field 'format' should be {FORMAT_NAME!r})")
-    shards = doc.get('shards')
-    if not isinstance(shards, list) or not shards or not all(isinstance(s, dict) for s in shards):
-        raise CacheError(f"{path}: field 'shards' should be a non-empty list of {{'file': name, 'n_sequences': n}}")
-    out = []
-    for i, s in enumerate(shards):
-        name, n = s.get('file'), s.get('n_sequences')
-        if not isinstance(name, str) or name in ('', '.', '..') or Path(name).name != name or not name.endswith('.h5'):
-            raise CacheError(f"{path}: shards[{i}].file is {name!r}; expected the name of an .h5 file in the manifest's folder (no paths)")
-        if not _is_int(n) or n < 0: raise CacheError(f'{path}: shards[{i}].n_sequences is {n!r}; expected an integer >= 0')
-        out.append((path.parent / name, int(n)))
-    if doc.get('n_sequences') != sum(n for _, n in out):
-        raise CacheError(f"{path}: field 'n_sequences' is {doc.get('n_sequences')!r}; its shards hold {sum(n for _, n in out)}")
-    return out
-
-# %% ../nbs/04_cache_format.ipynb #9abcdd04
-def read_shards(path) -> tuple:
-    "(files, each one's checked metadata) of the cache at `path`: a cache file, or a sharded cache's folder or manifest."
-    path = Path(path)
-    if not (path.is_dir() or path.suffix == '.json'): return [path], [_file_metadata(path)]
-    if path.is_dir() and not (path / MANIFEST).exists(): raise CacheError(f'{path}: is a folder without {MANIFEST}: not a finished sharded cache (give a cache file, or a folder written with shards=True)')
-    listed = _read_manifest(path / MANIFEST if path.is_dir() else path)
-    metas, start, same = [], 0, [key for key in RUN_KEYS if key != 'n_sequences']
-    for p, n in listed:
-        m = _file_metadata(p)
-        if m['n_sequences'] != n: raise CacheError(f"{p}: holds {m['n_sequences']} sequences; the manifest says {n}")
-        if m.get('segment_start', start) != start: raise CacheError(f"{p}: starts at sequence {m['segment_start']}; the manifest puts it at {start}")
-        if diff := (_mismatch(metas[0], m, same) if metas else []): raise CacheError(f'{p} does not belong with {listed[0][0].name}: {"; ".join(diff)}')
-        metas.append(m); start += n
-    return [p for p, _ in listed], metas
-
-# %% ../nbs/04_cache_format.ipynb #86828cde
-def read_cache_metadata(path) -> dict:
-    "Check that `path` (a cache file, or a sharded cache's folder or manifest) is a kdkit cache this kdkit reads; return its attributes."
-    files, metas = read_shards(path)
-    if len(files) == 1 and files[0] == Path(path): return metas[0]
-    return {key: v for key, v in metas[0].items() if key != 'segment_start'} | dict(n_sequences=sum(m['n_sequences'] for m in metas))
-
-# %% ../nbs/04_cache_format.ipynb #3f414e6a
-_CODEC_RATIO = {'none': 1.0, 'lzf': 0.85, 'gzip': 0.7, 'zstd': 0.7}  # compressed / raw bytes, on real text, rounded up
-
-def projected_cache_bytes(meta:dict) -> int:
-    "Projected size in bytes of a cache with attributes `meta` (its tokens, k, mode and codec)."
-    specs = dataset_specs(meta)
-    raw = sum(math.prod(shape) * dt.itemsize for shape, dt in specs.values())
-    return int(raw * _CODEC_RATIO[meta['codec']]) + 8 * len(specs) * meta['n_sequences'] + (64 << 10)  # + chunk index, checksums, header
-
-# %% ../nbs/04_cache_format.ipynb #e336fc89
-def check_disk_space(path:Path, # the cache to write
-                     meta:dict, # its attributes
-                     written:int=0, # bytes of it already on disk (finished segments)
-                     copies:int=2, # what the writer stores: segments, then the merged file (2), or shards only (1)
-                     progress:bool=True, # print the projected size
-                    ) -> int:
-    "State the projected size of the cache at `path` (returned); a CacheError with both numbers when its disk cannot hold the rest."
-    size, path = projected_cache_bytes(meta), Path(path)
-    need, free = max(copies * size - written, 0), shutil.disk_usage(path.parent).free
-    if progress: print(f"caching {meta['n_sequences']} x {meta['seq_len']} tokens into {path.name}: projected size {size / 1e6:.1f} MB "
-                       f"({meta['codec']}), {free / 1e6:.0f} MB free", flush=True)
-    what = 'segments, then the merged copy' if copies > 1 else 'the shards'
-    if free < need: raise CacheError(f"{path}: not enough disk space: the cache's projected size is {size / 1e6:.1f} MB and writing it "
-                                     f'needs about {need / 1e6:.1f} MB free ({what}); {free / 1e6:.1f} MB are free')
-    return size

@@ -15,7 +15,8 @@ import h5py
 from torch.utils.data import Dataset
 from fastcore.basics import patch
 from .cache_format import (META_KEYS, COMPAT_KEYS, CacheError, dataset_specs, empty_batch, target_specs, decode_targets,
-                                tokenizer_fingerprint, read_shards, fletcher32, _mismatch)
+                                tokenizer_fingerprint, fletcher32, _mismatch)
+from .cache_files import read_shards
 from .models import output_width
 from .losses import match_temperature
 

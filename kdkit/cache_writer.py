@@ -18,8 +18,8 @@ from .progress import progress_bar
 import kdkit
 from .cache_format import (FORMAT_NAME, FORMAT_VERSION, ALIGNMENT, VALUE_PRESETS, CODECS, LIBVER, RUN_KEYS, CacheError,
                                 id_bits, create_cache_datasets, encode_targets, tokenizer_fingerprint, model_config_sha256,
-                                read_cache_metadata, dataset_specs, encode_chunks, DIRECT_CODECS, MANIFEST, _mismatch,
-                                write_manifest, check_disk_space)
+                                dataset_specs, encode_chunks, DIRECT_CODECS, _mismatch)
+from .cache_files import MANIFEST, read_cache_metadata, write_manifest, check_disk_space
 from .models import output_width, model_lm_head, model_hidden_states, decoder_layers_path
 from .hidden import layer_outputs
 from .losses import topk_targets, sample_targets

@@ -32,7 +32,8 @@ def arrays(path) -> dict:
 
 def assert_same_cache(a, b):
     "Two caches hold the same datasets and attributes (created-time free)."
-    from kdkit.cache_format import read_cache_metadata, META_KEYS, _mismatch
+    from kdkit.cache_format import META_KEYS, _mismatch
+    from kdkit.cache_files import read_cache_metadata
     A, B = arrays(a), arrays(b)
     assert sorted(A) == sorted(B)
     for k in A: np.testing.assert_array_equal(A[k], B[k], err_msg=k)

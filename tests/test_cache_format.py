@@ -6,7 +6,8 @@ import pytest
 import torch
 import h5py
 
-from kdkit.cache_format import CacheError, encode_ids, decode_ids, read_cache_metadata
+from kdkit.cache_format import CacheError, encode_ids, decode_ids
+from kdkit.cache_files import read_cache_metadata
 from kdkit.cache_reader import CachedLogitsDataset
 import cache_worker as W
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kdkit.cache import CachedLogitsDataset, CacheError, read_cache_metadata, read_shards, inspect_cache, plan_segments
-from kdkit.cache_format import META_KEYS, MANIFEST, _mismatch
+from kdkit.cache_format import META_KEYS, _mismatch
+from kdkit.cache_files import MANIFEST
 import cache_worker as W
 
 HERE = Path(__file__).parent

@@ -6,7 +6,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1]/'kdkit'
 # Each module may import only modules of an earlier layer (or its own layer where listed together).
-LAYERS = [['data', 'losses', 'param_groups', 'progress'], ['models', 'stages'], ['hidden'], ['cache_format'], ['cache_writer', 'cache_reader'],
+LAYERS = [['data', 'losses', 'param_groups', 'progress'], ['models', 'stages'], ['hidden'], ['cache_format'], ['cache_files'], ['cache_writer', 'cache_reader'],
           ['cache'], ['trainer'], ['plots'], ['recipes'], ['cli']]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 MODULES = sorted(p.stem for p in PKG.glob('*.py') if not p.stem.startswith('_')) + \
