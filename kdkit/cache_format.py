@@ -18,16 +18,16 @@ __all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'READ_VERSIONS', 'ALIGNMENT', 'VALUE
            'RUN_KEYS', 'LIBVER', 'DIRECT_CODECS', 'CacheError', 'id_bits', 'encode_ids', 'decode_ids',
            'quantise_logprobs', 'quant_error_bound', 'dequantise_logprobs', 'tokenizer_fingerprint',
            'model_config_sha256', 'dataset_specs', 'create_cache_datasets', 'encode_targets', 'empty_batch',
-           'target_specs', 'decode_targets', 'fletcher32', 'encode_chunks']
+           'target_specs', 'decode_targets', 'to_stored', 'from_stored', 'fletcher32', 'encode_chunks']
 
 # %% ../nbs/04_cache_format.ipynb #c5a411a3
 FORMAT_NAME = 'kdkit-teacher-cache'
 
 # %% ../nbs/04_cache_format.ipynb #c427f0ad
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 # %% ../nbs/04_cache_format.ipynb #9f507bc9
-READ_VERSIONS = (1, 2)
+READ_VERSIONS = (1, 2, 3)
 
 # %% ../nbs/04_cache_format.ipynb #2b97c104
 ALIGNMENT = 'row t of the teacher fields is the teacher distribution for input_ids[t+1]; the last row is stored, never scored'
@@ -176,6 +176,11 @@ def _lse_temps(meta) -> list:
     "Temperatures whose LSE is stored (LSE_V(log p / 1) = 0 needs no column)."
     return [t for t in meta['temperatures'] if t != 1.0]
 
+# %% ../nbs/04_cache_format.ipynb #9a40fa83
+def _packs_slots(meta:dict) -> bool: return meta['mode'] == 'sample' and meta['format_version'] >= 3
+
+def _xor_labels(arrs:dict) -> np.ndarray: return (arrs['labels'].astype(np.int64) ^ arrs['input_ids']).astype(arrs['labels'].dtype)
+
 # %% ../nbs/04_cache_format.ipynb #7dfff360
 def dataset_specs(meta:dict, # the cache attributes
                   n:int|None=None, # sequences (default: meta['n_sequences'])
@@ -185,7 +190,7 @@ def dataset_specs(meta:dict, # the cache attributes
     S, k, V = meta['seq_len'], meta['k'], meta['vocab_size']
     specs = dict(input_ids=((n, S), np.uint16 if V <= 1 << 16 else np.int32), attention_mask=((n, S), np.uint8),
                  labels=((n, S), np.int32), ids=((n, S, k), np.uint16))
-    if V > 1 << 17: specs['ids_hi'] = ((n, S, k), np.uint8)
+    if V > 1 << 17 or (V > 1 << 16 and _packs_slots(meta)): specs['ids_hi'] = ((n, S, k), np.uint8)
     elif V > 1 << 16: specs['ids_hi'] = ((n, S, (k + 7) // 8), np.uint8)
     if meta.get('hidden_layers'): specs['hidden'] = ((n, len(meta['hidden_layers']), S, meta['hidden_size']), np.uint16)  # bf16 bits
     if meta['mode'] == 'topk':
@@ -208,6 +213,9 @@ def create_cache_datasets(f:h5py.File, # an open, writable file
     for name, (shape, dt) in dataset_specs(meta, n).items():
         f.create_dataset(name, shape, dtype=dt, chunks=(1, *shape[1:]), **kw)
     if 'stats' in f: f['stats'].attrs['columns'] = ['top1_logprob', 'tail_logprob'] + [f'lse_T={t:g}' for t in _lse_temps(meta)]
+    if meta['format_version'] >= 3: f['labels'].attrs['encoding'] = 'labels XOR input_ids (0 where they agree)'
+    for name in ('ids', 'ids_hi', 'counts') if _packs_slots(meta) else ():
+        if name in f: f[name].attrs['encoding'] = "filled slots packed at the front of each sequence's chunk, position after position (n_samples draws each)"
 
 # %% ../nbs/04_cache_format.ipynb #f8d407ee
 def encode_targets(targets:dict, # teacher target fields for [B,S] positions (kdkit.losses)
@@ -287,6 +295,62 @@ def decode_targets(arrs:dict, # dataset arrays of [n] sequences (as read from th
     col = {t: 2 + j for j, t in enumerate(_lse_temps(meta))}
     for j, i in enumerate(ti): o['teacher_lse'][..., j] = st[..., col[temps[i]]] if temps[i] != 1.0 else 0.  # LSE at T=1 is 0
     np.copyto(o['teacher_temperatures'], temps[ti])
+    return out
+
+# %% ../nbs/04_cache_format.ipynb #9d17dce8
+def _pack_slots(a:np.ndarray, # [n,S,w] one slot field of n sequences
+                filled:np.ndarray, # [n,S,w] True at the slots that hold a draw
+               ) -> np.ndarray:
+    "Each sequence's filled slots moved to the front of its [S, w] chunk, position after position; zeros after."
+    n = len(a); flat, m = a.reshape(n, -1), filled.reshape(n, -1)
+    i, j = np.nonzero(m)
+    out = np.zeros_like(flat)
+    out[i, (np.cumsum(m, 1) - 1)[i, j]] = flat[i, j]
+    return out.reshape(a.shape)
+
+# %% ../nbs/04_cache_format.ipynb #a17c8473
+def _unpack_slots(arrs:dict, # packed slot fields {name: [n,S,w]}, `counts` among them
+                  n_samples:int, # draws per position
+                 ) -> dict:
+    "Inverse of `_pack_slots`: an entry belongs to the position its counts' running sum is in."
+    c = arrs['counts']; n, S, w = c.shape
+    flat = c.reshape(n, -1).astype(np.int64)
+    i, j = np.nonzero(flat)
+    pos = np.minimum((np.cumsum(flat, 1) - 1)[i, j] // n_samples, S - 1)    # each filled entry's position
+    key = i * S + pos                                                       # nondecreasing
+    slot = np.arange(len(key)) - np.searchsorted(key, key)                  # its rank within the position
+    ok = slot < w  # a damaged chunk may overfill a position: the counts check then names its row
+    out = {}
+    for name, a in arrs.items():
+        out[name] = np.zeros_like(a); out[name][i[ok], pos[ok], slot[ok]] = a.reshape(n, -1)[i[ok], j[ok]]
+    return out
+
+# %% ../nbs/04_cache_format.ipynb #08369a89
+def to_stored(arrs:dict, # dataset arrays of n sequences, as `encode_targets` and the dataset give them (any subset)
+              meta:dict, # cache attributes
+             ) -> dict:
+    "The arrays as a file of this format version stores them (version 3: labels XOR input_ids, sample slots packed)."
+    if meta['format_version'] < 3: return arrs
+    out = dict(arrs)
+    if 'labels' in out: out['labels'] = _xor_labels(out)
+    if _packs_slots(meta) and 'counts' in out:
+        filled = out['counts'] > 0
+        if 'ids_hi' in out and out['ids_hi'].shape != filled.shape: out['ids_hi'] = np.unpackbits(out['ids_hi'], axis=-1, count=filled.shape[-1])
+        for key in ('ids', 'ids_hi', 'counts'):
+            if key in out: out[key] = _pack_slots(out[key], filled)
+    return out
+
+# %% ../nbs/04_cache_format.ipynb #a98f6985
+def from_stored(arrs:dict, # dataset arrays of n sequences as read from a file
+                meta:dict, # its attributes
+               ) -> dict:
+    "Inverse of `to_stored`: the arrays `decode_targets` (and the reader's value checks) take."
+    if meta['format_version'] < 3: return arrs
+    out = dict(arrs)
+    if 'labels' in out: out['labels'] = _xor_labels(out)
+    if _packs_slots(meta) and 'counts' in out:
+        out.update(_unpack_slots({key: out[key] for key in ('ids', 'ids_hi', 'counts') if key in out}, meta['n_samples']))
+        if 'ids_hi' in out and meta['vocab_size'] <= 1 << 17: out['ids_hi'] = np.packbits(out['ids_hi'], axis=-1)
     return out
 
 # %% ../nbs/04_cache_format.ipynb #cf2d5774

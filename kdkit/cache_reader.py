@@ -15,7 +15,7 @@ import h5py
 from torch.utils.data import Dataset
 from fastcore.basics import patch
 from .cache_format import (META_KEYS, COMPAT_KEYS, CacheError, dataset_specs, empty_batch, target_specs, decode_targets,
-                                tokenizer_fingerprint, fletcher32, _mismatch)
+                                tokenizer_fingerprint, fletcher32, from_stored, _mismatch)
 from .cache_files import read_shards
 from .models import output_width
 from .losses import match_temperature
@@ -242,7 +242,7 @@ def read(self:CachedLogitsDataset, indices) -> dict:
     for j in np.unique(shard):
         sel = np.nonzero(shard == j)[0]
         rows = idx[sel] - self._starts[j]
-        blk = {name: reader.read(rows) for name, reader in self._datasets(int(j)).items()}
+        blk = from_stored({name: reader.read(rows) for name, reader in self._datasets(int(j)).items()}, self.metadata)
         _check_values(self.paths[j], blk, self.metadata, rows)
         for name, a in blk.items(): cols.setdefault(name, []).append((sel, a))
     arrs = {}

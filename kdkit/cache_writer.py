@@ -18,7 +18,7 @@ from .progress import progress_bar
 import kdkit
 from .cache_format import (FORMAT_NAME, FORMAT_VERSION, ALIGNMENT, VALUE_PRESETS, CODECS, LIBVER, RUN_KEYS, CacheError,
                                 id_bits, create_cache_datasets, encode_targets, tokenizer_fingerprint, model_config_sha256,
-                                dataset_specs, encode_chunks, DIRECT_CODECS, _mismatch)
+                                dataset_specs, encode_chunks, DIRECT_CODECS, to_stored, _mismatch)
 from .cache_files import MANIFEST, read_cache_metadata, write_manifest, check_disk_space
 from .models import output_width, model_lm_head, model_hidden_states, decoder_layers_path
 from .hidden import layer_outputs
@@ -214,7 +214,7 @@ def _encode_batch(chunks:list, # the target chunks `_device_targets` returned fo
     parts = [{key: np.concatenate([q[key] for q in groups[i]], 1) for key in groups[i][0]} for i in sorted(groups)]
     out = {key: np.concatenate([q[key] for q in parts]) for key in parts[0]}
     if hidden is not None: out['hidden'] = hidden
-    return {key: _chunks_of(v, meta) for key, v in out.items()}
+    return {key: _chunks_of(v, meta) for key, v in to_stored(out, meta).items()}
 
 # %% ../nbs/05_cache_writer.ipynb #e4389827
 def segment_path(parts:Path, # the run's parts folder (PATH.parts)
@@ -250,7 +250,8 @@ def _store_segment(r:dict, # the segment's input_ids, attention_mask, labels [b-
     tmp = final.with_name(final.name + '.tmp')
     m = dict(meta, n_sequences=b - a)
     specs = dataset_specs(m)
-    data = {key: _chunks_of(r[key].astype(specs[key][1]), meta) for key in ('input_ids', 'attention_mask', 'labels')}
+    plain = to_stored({key: r[key].astype(specs[key][1]) for key in ('input_ids', 'attention_mask', 'labels')}, meta)
+    data = {key: _chunks_of(v, meta) for key, v in plain.items()}
     enc = [f.result() for f in batches]
     for key, v in enc[0].items(): data[key] = [c for q in enc for c in q[key]] if isinstance(v, list) else np.concatenate([q[key] for q in enc])
     buf = io.BytesIO()  # HDF5 writes into memory; the disk sees one plain write, so a full disk is an OSError, not a crash

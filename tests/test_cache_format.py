@@ -136,16 +136,21 @@ def test_hostile_values_are_refused_on_read(tmp_path, ref):
         ds.read([0, 1])
         with pytest.raises(CacheError, match=msg.replace('(', r'\(')): ds.read(range(W.N))
 
-def test_version_1_files_are_still_read(tmp_path, ref):
-    "A format-1 file (no checksums) reads to the same targets as the format-2 one."
-    from kdkit.cache_format import create_cache_datasets, LIBVER
-    meta = dict(read_cache_metadata(ref), format_version=1)
-    p = tmp_path / 'v1.h5'
-    with h5py.File(ref) as src, h5py.File(p, 'w', libver=LIBVER) as f:
-        create_cache_datasets(f, W.N, meta)
-        for name in src: f[name][:] = src[name][()]
-    with h5py.File(p) as f: assert not f['ids'].fletcher32 and f.attrs['format_version'] == 1
-    a, b = CachedLogitsDataset(ref).read(range(W.N)), CachedLogitsDataset(p).read(range(W.N))
+@pytest.mark.parametrize('version', [1, 2])
+@pytest.mark.parametrize('mode', ['topk', 'sample'])
+def test_older_versions_are_still_read(tmp_path, ref, version, mode):
+    "A format-1 file (no checksums) or format-2 file (sample slots unpacked, plain labels) reads to the same targets as the current one."
+    from kdkit.cache_format import create_cache_datasets, from_stored, LIBVER, FORMAT_VERSION
+    cur = ref if mode == 'topk' else W.make_generator('sample').generate(W.toy_blocks(), tmp_path / 'cur.h5')
+    meta = read_cache_metadata(cur)
+    assert meta['format_version'] == FORMAT_VERSION == 3
+    p = tmp_path / f'v{version}.h5'
+    with h5py.File(cur) as src, h5py.File(p, 'w', libver=LIBVER) as f:
+        create_cache_datasets(f, W.N, dict(meta, format_version=version))
+        for name, a in from_stored({name: src[name][()] for name in src}, meta).items(): f[name][:] = a
+    with h5py.File(p) as f: assert f['ids'].fletcher32 == (version == 2) and f.attrs['format_version'] == version
+    with h5py.File(cur) as f: assert (f['labels'][()] == 0).mean() > 0.5  # version 3: labels stored against the tokens
+    a, b = CachedLogitsDataset(cur).read(range(W.N)), CachedLogitsDataset(p).read(range(W.N))
     for k in a: assert torch.equal(a[k], b[k]), k
 
 
