@@ -6,7 +6,7 @@ Docs: https://kdkit.github.io/kdkit/cache_files.html.md"""
 
 # %% ../nbs/15_cache_files.ipynb #d9d4dd3c
 from __future__ import annotations
-import os, json, math, shutil
+import os, json, math, shutil, fcntl, contextlib
 from pathlib import Path
 import numpy as np
 import h5py
@@ -180,3 +180,40 @@ def check_disk_space(path:Path, # the cache to write
     if free < need: raise CacheError(f"{path}: not enough disk space: the cache's projected size is {size / 1e6:.1f} MB and writing it "
                                      f'needs about {need / 1e6:.1f} MB free ({what}); {free / 1e6:.1f} MB are free')
     return size
+
+# %% ../nbs/15_cache_files.ipynb #3bac6ded
+def _fsync(path):
+    "fsync a file or folder, then the folder holding it (so a rename survives a crash); returns `path`."
+    for p in (path, Path(path).parent):
+        fd = os.open(p, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    return path
+
+# %% ../nbs/15_cache_files.ipynb #04ab558c
+def _replace(src:Path, path:Path):
+    "Move finished `src` (a file or folder) to `path`, replacing what is there (moved aside first unless both are files)."
+    old, aside = path.with_name(path.name + '.old'), path.exists() and (path.is_dir() or src.is_dir())
+    drop = lambda: shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    if aside: drop(); os.replace(path, old)
+    os.replace(src, path)
+    _fsync(path); drop()
+
+# %% ../nbs/15_cache_files.ipynb #d7f858c1
+@contextlib.contextmanager
+def _output_lock(path:Path, rank:int):
+    "Hold an exclusive lock on `path`'s lock file for this rank while the block runs; CacheError when another writer holds it."
+    lock = path.with_name(path.name + ('.lock' if rank == 0 else f'.rank{rank}.lock'))
+    while True:
+        fh = open(lock, 'a+')
+        try: fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0); holder = fh.read().strip() or 'another process'; fh.close()
+            raise CacheError(f'{path} is being written by {holder} (it holds {lock.name}); wait for it to finish or write to another path') from None
+        if lock.exists() and os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino: break
+        fh.close()  # the file was removed by a writer that just finished: lock the new one
+    fh.truncate(0); fh.write(f'process {os.getpid()}'); fh.flush()
+    try: yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+        fh.close()

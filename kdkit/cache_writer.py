@@ -6,7 +6,7 @@ Docs: https://kdkit.github.io/kdkit/cache_writer.html.md"""
 
 # %% ../nbs/05_cache_writer.ipynb #bcbaec49
 from __future__ import annotations
-import os, io, json, math, time, shutil, hashlib, fcntl, contextlib, datetime, collections
+import os, io, json, math, time, shutil, hashlib, contextlib, datetime, collections
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +19,7 @@ import kdkit
 from .cache_format import (FORMAT_NAME, FORMAT_VERSION, ALIGNMENT, VALUE_PRESETS, CODECS, LIBVER, RUN_KEYS, CacheError,
                                 id_bits, create_cache_datasets, encode_targets, tokenizer_fingerprint, model_config_sha256,
                                 dataset_specs, encode_chunks, DIRECT_CODECS, to_stored, _mismatch)
-from .cache_files import MANIFEST, read_cache_metadata, write_manifest, check_disk_space
+from .cache_files import MANIFEST, read_cache_metadata, write_manifest, check_disk_space, _fsync, _replace, _output_lock
 from .models import output_width, model_lm_head, model_hidden_states, decoder_layers_path
 from .hidden import layer_outputs
 from .losses import topk_targets, sample_targets
@@ -171,6 +171,12 @@ def _check_finite(bad:torch.Tensor, # [g,c] True where the teacher's output is n
                      f'{int(bad.sum())} position(s) in this chunk); nothing of its segment was written: check the teacher '
                      '(weights, dtype overflow) before caching')
 
+# %% ../nbs/05_cache_writer.ipynb #6c80092f
+def _sorted_by_id(t:dict) -> dict:
+    "Top-k fields with each row's entries in id order (the file stores them so; the CPU's sort then finds them in order)."
+    ids, order = t['teacher_ids'].sort(-1)
+    return dict(t, teacher_ids=ids, teacher_logprobs=t['teacher_logprobs'].gather(-1, order))
+
 # %% ../nbs/05_cache_writer.ipynb #bbf876ba
 @patch
 @torch.inference_mode()
@@ -182,6 +188,7 @@ def _device_targets(self:TeacherLogitsGenerator, x, m, start:int) -> tuple:
         for i, c0, z in self._logit_chunks(x, m):
             if self.mode == 'topk':
                 t = topk_targets(z, self.k, self.temperatures, chunk_size=32)
+                if z.device.type != 'cpu': t = _sorted_by_id(t)
                 _check_finite(t['teacher_logprobs'][..., 0].isnan() | ~t['teacher_lse'].isfinite().all(-1)
                               | t['teacher_tail_logprob'].isnan() | (t['teacher_tail_logprob'] > 0), start + i, c0)
                 ts = [t]
@@ -230,14 +237,16 @@ def plan_segments(n:int, # sequences in the dataset
     "The segments [(a, b), ...] of a run: fixed boundaries, whatever the number of ranks."
     return [(a, min(a + segment_size, n)) for a in range(0, n, segment_size)]
 
-# %% ../nbs/05_cache_writer.ipynb #3bac6ded
-def _fsync(path):
-    "fsync a file or folder, then the folder holding it (so a rename survives a crash); returns `path`."
-    for p in (path, Path(path).parent):
-        fd = os.open(p, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    return path
+# %% ../nbs/05_cache_writer.ipynb #ba7c6976
+def _write_chunks(f:h5py.File, # an open, writable cache file
+                  chunks:dict, # {dataset: [finished chunk bytes, one per sequence]}
+                  a:int=0, # the sequence the first chunk is for
+                 ):
+    "Lay finished chunks into `f`'s datasets, sequence `a` onwards, as they are."
+    for key, cs in chunks.items():
+        d = f[key].id  # looked up once: a lookup costs more than writing a chunk
+        zeros = (0,) * (len(d.shape) - 1)
+        for i, c in enumerate(cs): d.write_direct_chunk((a + i, *zeros), c)
 
 # %% ../nbs/05_cache_writer.ipynb #0dd42968
 def _store_segment(r:dict, # the segment's input_ids, attention_mask, labels [b-a, S]
@@ -259,10 +268,8 @@ def _store_segment(r:dict, # the segment's input_ids, attention_mask, labels [b-
         create_cache_datasets(f, b - a, m)
         f.attrs['segment_start'] = a
         for key, v in data.items():
-            if isinstance(v, np.ndarray): f[key][:] = v; continue   # lzf, zstd: HDF5's pipeline
-            d = f[key].id  # looked up once: a lookup costs more than writing a chunk
-            zeros = (0,) * (len(d.shape) - 1)
-            for i, c in enumerate(v): d.write_direct_chunk((i, *zeros), c)
+            if isinstance(v, np.ndarray): f[key][:] = v   # lzf, zstd: HDF5's pipeline
+        _write_chunks(f, {key: v for key, v in data.items() if isinstance(v, list)})
     try:
         with open(tmp, 'wb') as fh: fh.write(buf.getbuffer())
         _fsync(tmp)
@@ -271,7 +278,9 @@ def _store_segment(r:dict, # the segment's input_ids, attention_mask, labels [b-
         raise CacheError(f'{final}: cannot write the segment ({e.strerror or e}); free disk space and run again: finished segments are kept and reused') from None
     os.replace(tmp, final)
     if merged is None: return
-    try: _copy_segment(merged, parts, a, b)
+    try:  # chunks made here go into the merged file from memory; HDF5-made ones are copied from the segment as stored
+        if all(isinstance(v, list) for v in data.values()): _write_chunks(merged[1], data, a); merged[2].add(a)
+        else: _copy_segment(merged, parts, a, b)
     except (OSError, RuntimeError) as e: raise CacheError(f'{final.parent}: cannot write the merged cache ({e}); free disk space and run again (the segments are kept)') from None
 
 # %% ../nbs/05_cache_writer.ipynb #e3a10001
@@ -302,15 +311,6 @@ def _discard_merged(path:Path, merged:tuple|None):
         try: h.close()
         except (OSError, RuntimeError, ValueError): pass
     path.with_name(path.name + '.tmp').unlink(missing_ok=True)
-
-# %% ../nbs/05_cache_writer.ipynb #04ab558c
-def _replace(src:Path, path:Path):
-    "Move finished `src` (a file or folder) to `path`, replacing what is there (moved aside first unless both are files)."
-    old, aside = path.with_name(path.name + '.old'), path.exists() and (path.is_dir() or src.is_dir())
-    drop = lambda: shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-    if aside: drop(); os.replace(path, old)
-    os.replace(src, path)
-    _fsync(path); drop()
 
 # %% ../nbs/05_cache_writer.ipynb #00fa6948
 def _merge_segments(path:Path, parts:Path, segs:list, meta:dict, merged:tuple|None=None):
@@ -450,25 +450,6 @@ def _finish(path:Path, parts:Path, segs:list, meta:dict, rank:int, world:int, ti
         _barrier('merged', timeout)
     elif _barrier('segments written', timeout): _barrier('merged', timeout)
     else: _wait_for(lambda: path.exists() and not parts.exists(), timeout, lambda: f'rank 0 to merge {path.name}')
-
-# %% ../nbs/05_cache_writer.ipynb #d7f858c1
-@contextlib.contextmanager
-def _output_lock(path:Path, rank:int):
-    "Hold an exclusive lock on `path`'s lock file for this rank while the block runs; CacheError when another writer holds it."
-    lock = path.with_name(path.name + ('.lock' if rank == 0 else f'.rank{rank}.lock'))
-    while True:
-        fh = open(lock, 'a+')
-        try: fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0); holder = fh.read().strip() or 'another process'; fh.close()
-            raise CacheError(f'{path} is being written by {holder} (it holds {lock.name}); wait for it to finish or write to another path') from None
-        if lock.exists() and os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino: break
-        fh.close()  # the file was removed by a writer that just finished: lock the new one
-    fh.truncate(0); fh.write(f'process {os.getpid()}'); fh.flush()
-    try: yield lock
-    finally:
-        lock.unlink(missing_ok=True)
-        fh.close()
 
 # %% ../nbs/05_cache_writer.ipynb #a7c19225
 @patch
