@@ -1,5 +1,6 @@
 """The r03 heal recipe: its parameters, a tiny run of every arm on the demo teacher, arms merged across runs, the layer choice."""
 import json
+from pathlib import Path
 import papermill as pm, pytest, torch
 from kdkit.recipes import find_recipe, recipe_config, run_recipe
 
@@ -52,7 +53,8 @@ def test_bench_heal_tiny(tmp_path):
     "The benchmark runs the recipe end to end at tiny size and writes its JSON."
     import subprocess, sys, os
     res = tmp_path/"heal.json"
-    subprocess.run([sys.executable, "bench/bench_heal.py", "--config", "heal_tiny", "--out", str(tmp_path/"run"), "--results", str(res)],
-                   check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root/"bench"/"bench_heal.py"), "--config", "heal_tiny", "--out", str(tmp_path/"run"), "--results", str(res)],
+                   check=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
     r = json.loads(res.read_text())
     assert set(r["results"]) == set(ARMS) and "goals" in r and r["wall_seconds"] > 0
