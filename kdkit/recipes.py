@@ -85,11 +85,11 @@ def is_run_folder(path, # a results folder
 
 # %% ../nbs/10_recipes.ipynb #cb9c76fe
 def _aside(out:Path) -> Path:
-    "A fresh sibling folder to run into, with hard links to the teacher caches of an earlier run in `out`."
+    "A fresh sibling folder to run into, with hard links to the teacher caches and per-arm results (r03) of an earlier run in `out`."
     tmp = out.with_name(f'.{out.name}.running-{os.getpid()}')
     if tmp.exists(): shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    for f in (out.glob('*.h5') if out.is_dir() else []):
+    for f in ([*out.glob('*.h5'), *out.glob('arm_*.json')] if out.is_dir() else []):
         try: os.link(f, tmp/f.name)
         except OSError: shutil.copy2(f, tmp/f.name)  # a file system without hard links
     return tmp

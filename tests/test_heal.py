@@ -28,6 +28,8 @@ def test_tiny_heal_every_arm_then_merge(tmp_path):
     assert {"bucket_excess_over_ce_only_excess", "best_kd_tokens_to_ce_only_final_ratio"} <= set(h)
     assert set(m["goals"]) == {"healed_ce_le_1.10x_teacher", "bucket_excess_le_0.6x_ce_only", "best_kd_reaches_ce_only_in_le_half_tokens"}
     assert len(m["origin"]) == 3 and m["hidden_pairs"]  # one of the demo teacher's 4 layers dropped
+    run_recipe("r03_heal", out, {"arms": ARMS[:1]}, config=recipe_config("heal_tiny"), log_output=False)  # again into the same folder
+    assert set(json.loads((out/"metrics.json").read_text())["results"]) == set(ARMS)  # the arms it had are kept, not retrained
 
 def _near_identity(model, layers, scale=1e-3):
     "Scale the residual writes (attention and MLP outputs) of `layers` down until they barely change their input."
