@@ -7,11 +7,9 @@ Docs: https://kdkit.github.io/kdkit/cache_format.html.md"""
 # %% ../nbs/04_cache_format.ipynb #37cb8b7b
 from __future__ import annotations
 import json, math, hashlib, functools
-from pathlib import Path
 import numpy as np
 import torch
 import h5py
-import kdkit
 
 # %% auto #0
 __all__ = ['FORMAT_NAME', 'FORMAT_VERSION', 'READ_VERSIONS', 'ALIGNMENT', 'VALUE_PRESETS', 'CODECS', 'META_KEYS', 'COMPAT_KEYS',

@@ -6,7 +6,7 @@ Docs: https://kdkit.github.io/kdkit/cache_writer.html.md"""
 
 # %% ../nbs/05_cache_writer.ipynb #bcbaec49
 from __future__ import annotations
-import os, io, json, math, time, shutil, hashlib, contextlib, datetime, collections
+import os, io, json, time, shutil, hashlib, contextlib, datetime, collections
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence

@@ -1,7 +1,6 @@
 """Sharded caches (segment files + manifest, no merged copy) and rank barriers with timeouts under a process group."""
 import os, sys, json, shutil, subprocess
 from pathlib import Path
-import numpy as np
 import pytest
 import torch
 
