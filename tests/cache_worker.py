@@ -10,7 +10,10 @@ import torch
 import h5py
 from tiny import V, S, N, ToyTokenizer, tiny_llama, toy_blocks
 
-__all__ = ['V', 'S', 'N', 'ToyTokenizer', 'tiny_llama', 'toy_blocks', 'SlowTeacher', 'make_generator', 'arrays', 'assert_same_cache']
+__all__ = ['V', 'S', 'N', 'ToyTokenizer', 'tiny_llama', 'toy_blocks', 'SlowTeacher', 'make_generator', 'arrays', 'assert_same_cache', 'HERE', 'ENV']
+
+HERE = Path(__file__).parent
+ENV = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', PYTHONPATH=str(HERE.parent))  # for the tests' subprocesses
 
 class SlowTeacher(torch.nn.Module):
     "Wraps a teacher and sleeps before each forward, so a kill can land anywhere."

@@ -1,5 +1,5 @@
 """Teacher cache format: id encodings at every width, files plain HDF5 tools read, and files the reader must refuse."""
-import os, sys, shutil, subprocess
+import sys, shutil, subprocess
 from pathlib import Path
 import numpy as np
 import pytest
@@ -11,14 +11,8 @@ from kdkit.cache_files import read_cache_metadata
 from kdkit.cache_reader import CachedLogitsDataset
 import cache_worker as W
 
-HERE = Path(__file__).parent
-ENV = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', PYTHONPATH=str(HERE.parent))
+HERE, ENV = W.HERE, W.ENV
 torch.set_num_threads(1)
-
-@pytest.fixture(scope='module')
-def ref(tmp_path_factory):
-    "An uninterrupted single-process top-k cache of the worker's data."
-    return W.make_generator().generate(W.toy_blocks(), tmp_path_factory.mktemp('ref') / 'ref.h5')
 
 def test_ids_boundaries_all_widths():
     for V in (300, 65536, 65537, 131072, 131073, 1 << 20):

@@ -10,11 +10,6 @@ import cache_worker as W
 
 torch.set_num_threads(1)
 
-@pytest.fixture(scope='module')
-def ref(tmp_path_factory):
-    "An uninterrupted single-process top-k cache of the worker's data."
-    return W.make_generator().generate(W.toy_blocks(), tmp_path_factory.mktemp('ref') / 'ref.h5')
-
 def test_shards_read_as_one_dataset(tmp_path, ref):
     "Two caches of the two halves of the data, read as a list, equal the cache of the whole."
     data = W.toy_blocks()

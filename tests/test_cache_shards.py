@@ -1,6 +1,5 @@
 """Sharded caches (segment files + manifest, no merged copy) and rank barriers with timeouts under a process group."""
-import os, sys, json, shutil, subprocess
-from pathlib import Path
+import sys, json, shutil, subprocess
 import pytest
 import torch
 
@@ -9,14 +8,8 @@ from kdkit.cache_format import META_KEYS, _mismatch
 from kdkit.cache_files import MANIFEST
 import cache_worker as W
 
-HERE = Path(__file__).parent
-ENV = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', PYTHONPATH=str(HERE.parent))
+HERE, ENV = W.HERE, W.ENV
 torch.set_num_threads(1)
-
-@pytest.fixture(scope='module')
-def ref(tmp_path_factory):
-    "An uninterrupted single-process top-k cache of the worker's data, merged into one file."
-    return W.make_generator().generate(W.toy_blocks(), tmp_path_factory.mktemp('ref') / 'ref.h5')
 
 def assert_same_items(a, b):
     "Two caches (file or sharded) give the same items and metadata."

@@ -14,16 +14,10 @@ from kdkit.losses import topk_targets, distillation_loss
 import cache_worker as W
 from cache_worker import arrays, assert_same_cache
 
-HERE = Path(__file__).parent
-ENV = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', PYTHONPATH=str(HERE.parent))
+HERE, ENV = W.HERE, W.ENV
 torch.set_num_threads(1)
 
 def sha(path): return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-@pytest.fixture(scope='module')
-def ref(tmp_path_factory):
-    "An uninterrupted single-process top-k cache of the worker's data."
-    return W.make_generator().generate(W.toy_blocks(), tmp_path_factory.mktemp('ref') / 'ref.h5')
 
 def test_17bit_vocab_through_file(tmp_path):
     "A 70,000-token teacher: ids above 65,535 survive the file (17-bit packing)."
