@@ -1,4 +1,4 @@
-"""The checks a cache file must pass before anything reads it, sharded caches and their manifest, and the disk space a cache needs.
+"""The checks a cache file must pass before anything reads it, sharded caches and their manifest, the disk space a cache needs, and writing files safely.
 
 Docs: https://kdkit.github.io/kdkit/cache_files.html.md"""
 
