@@ -60,3 +60,12 @@ def test_bench_heal_tiny(tmp_path):
                    check=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
     r = json.loads(res.read_text())
     assert set(r["results"]) == set(ARMS) and "goals" in r and r["wall_seconds"] > 0
+
+def test_rerun_with_other_data_rebuilds_the_cache(tmp_path):
+    "A teacher cache left by a run on other data is rebuilt, never trained on."
+    from kdkit.cache import read_cache_metadata
+    out = tmp_path/"r03"
+    run_recipe("r03_heal", out, {"arms": ["ce_only"]}, config=recipe_config("heal_tiny"), log_output=False)
+    assert read_cache_metadata(out/"teacher_topk.h5")["n_sequences"] == 8
+    run_recipe("r03_heal", out, {"arms": ["ce_only"], "n_train_blocks": 6}, config=recipe_config("heal_tiny"), log_output=False)
+    assert read_cache_metadata(out/"teacher_topk.h5")["n_sequences"] == 6
