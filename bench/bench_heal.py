@@ -72,7 +72,7 @@ def lr_sweep(folders:list) -> list:
         m = json.loads((Path(f)/"metrics.json").read_text()); r, tc = m["results"], m["teacher_ce"]
         out.append({"learning_rate": m["params"]["learning_rate"], "run": str(f), "teacher_ce": tc, "tokens_per_arm": m["headline"]["tokens_per_arm"],
                     **{a: r[a]["ce"] for a in ("ce_only", "kd_bucket")}, "bucket_excess_over_ce_only_excess": (r["kd_bucket"]["ce"] - tc) / (r["ce_only"]["ce"] - tc)})
-    return sorted(out, key=lambda x: x["learning_rate"])
+    return sorted(out, key=lambda x: (x["tokens_per_arm"], x["learning_rate"]))
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -144,12 +144,13 @@ def heal_table(results_dir=RESULTS) -> str:
              f"| pruned, before healing | {d['start']['ce']:.3f} | {d['start']['ce'] / T:.2f}x | {d['start']['kl']:.3f} | {d['start']['top1']:.3f} |"]
     lines += [f"| {a} | {r['ce']:.3f} | {r['ce'] / T:.2f}x | {r['kl']:.3f} | {r['top1']:.3f} |" for a, r in d['results'].items()]
     goals = '; '.join(f"{d['goal_text'][g]}: {'met' if ok else 'not met'}" for g, ok in d['goals'].items())
-    sweep = ''.join(f"\n| {r['learning_rate']:g} | {r['ce_only']:.3f} | {r['kd_bucket']:.3f} | {r['bucket_excess_over_ce_only_excess']:.2f}x |" for r in d.get('lr_sweep', []))
+    sweep = ''.join(f"\n| {r['learning_rate']:g} | {r['tokens_per_arm']:,} | {r['ce_only']:.3f} | {r['kd_bucket']:.3f} | {r['bucket_excess_over_ce_only_excess']:.2f}x |" for r in d.get('lr_sweep', []))
     runs = ' '.join(r['run'] for r in d.get('lr_sweep', []))
-    if sweep: sweep = ("\n\nLearning rate, CE-only and tail-bucket KD, the other settings as above (each run: `kdkit run r03_heal -f "
-                       "nbs/recipes/configs/heal_smollm2.yaml -p learning_rate LR -p arms '[ce_only, kd_bucket]' --out DIR`; collected "
+    if sweep: sweep = ("\n\nLearning rate and tokens, CE-only and tail-bucket KD, the other settings as above (each run: `kdkit run r03_heal -f "
+                       "nbs/recipes/configs/heal_smollm2.yaml -p learning_rate LR -p arms '[ce_only, kd_bucket]' --out DIR`, for 65,536 tokens "
+                       "also `-p stage1_steps 32 -p stage2_steps 96 -p n_train_blocks 512`; collected "
                        f"with `python bench/bench_heal.py --lr-sweep {runs}`):\n\n"
-                       "| learning rate | CE-only CE | tail-bucket KD CE | KD's excess / CE-only's |\n|---|---|---|---|" + sweep)
+                       "| learning rate | tokens per arm | CE-only CE | tail-bucket KD CE | KD's excess / CE-only's |\n|---|---|---|---|---|" + sweep)
     return '\n'.join(lines) + (f"\n\n{h['tokens_per_arm']:,} training tokens per arm. Best arm ({h['best_kd_arm']}) at "
         f"{h['best_ce_over_teacher']:.2f}x the teacher's held-out CE; tail-bucket KD's excess CE over the teacher "
         f"{h['bucket_excess_over_ce_only_excess']:.2f}x CE-only's; the best KD arm reaches CE-only's final CE at "
