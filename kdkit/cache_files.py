@@ -14,7 +14,8 @@ import kdkit
 from .cache_format import FORMAT_NAME, READ_VERSIONS, META_KEYS, RUN_KEYS, CODECS, CacheError, id_bits, dataset_specs, _mismatch
 
 # %% auto #0
-__all__ = ['MANIFEST', 'write_manifest', 'read_shards', 'read_cache_metadata', 'projected_cache_bytes', 'check_disk_space']
+__all__ = ['MANIFEST', 'write_manifest', 'read_shards', 'whole_metadata', 'read_cache_metadata', 'projected_cache_bytes',
+           'check_disk_space']
 
 # %% ../nbs/15_cache_files.ipynb #0471cf95
 def _is_int(v) -> bool: return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
@@ -148,12 +149,17 @@ def read_shards(path) -> tuple:
         metas.append(m); start += n
     return [p for p, _ in listed], metas
 
+# %% ../nbs/15_cache_files.ipynb #052f35f3
+def whole_metadata(metas:list) -> dict:
+    "The metadata of one cache made of shards with these metadata: the first's, without `segment_start`, with their sequences summed."
+    return {key: v for key, v in metas[0].items() if key != 'segment_start'} | dict(n_sequences=sum(m['n_sequences'] for m in metas))
+
 # %% ../nbs/15_cache_files.ipynb #86828cde
 def read_cache_metadata(path) -> dict:
     "Check that `path` (a cache file, or a sharded cache's folder or manifest) is a kdkit cache this kdkit reads; return its attributes."
     files, metas = read_shards(path)
     if len(files) == 1 and files[0] == Path(path): return metas[0]
-    return {key: v for key, v in metas[0].items() if key != 'segment_start'} | dict(n_sequences=sum(m['n_sequences'] for m in metas))
+    return whole_metadata(metas)
 
 # %% ../nbs/15_cache_files.ipynb #3f414e6a
 _CODEC_RATIO = {'none': 1.0, 'lzf': 0.85, 'gzip': 0.7, 'zstd': 0.7}  # compressed / raw bytes, on real text, rounded up

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from fastcore.basics import patch
 from .cache_format import (META_KEYS, COMPAT_KEYS, CacheError, dataset_specs, empty_batch, target_specs, decode_targets,
                                 tokenizer_fingerprint, fletcher32, from_stored, _mismatch)
-from .cache_files import read_shards
+from .cache_files import read_shards, whole_metadata
 from .models import output_width
 from .losses import match_temperature
 
@@ -161,7 +161,7 @@ class CachedLogitsDataset(Dataset):
         for p, m in zip(self.paths[1:], metas[1:]):
             diff = _mismatch(metas[0], m, COMPAT_KEYS)
             if diff: raise CacheError(f'{p} does not match {self.paths[0]}: {"; ".join(diff)}')
-        self.metadata = {key: v for key, v in metas[0].items() if key != 'segment_start'} | dict(n_sequences=sum(m['n_sequences'] for m in metas))
+        self.metadata = whole_metadata(metas)
         if len({m['dataset_fingerprint'] for m in metas}) > 1: self.metadata['dataset_fingerprint'] = [m['dataset_fingerprint'] for m in metas]
         self._starts = np.cumsum([0] + [m['n_sequences'] for m in metas])
         self._temp_index = None if temperatures is None else _temperature_columns(self.paths[0], self.metadata, temperatures)

@@ -8,7 +8,7 @@ Docs: https://kdkit.github.io/kdkit/plots.html.md"""
 __all__ = ['LOSS_KEYS', 'EVAL_KEYS', 'COLORS', 'DPI', 'EVAL_PANELS', 'LINE_STYLES', 'HELDOUT_MEASURES', 'synthetic_log_history',
            'load_history', 'stage_steps', 'stage_spans', 'series', 'shade_stages', 'robust_ylim', 'clip_ylim',
            'plot_losses', 'plot_eval_comparison', 'lr_keys', 'lr_series', 'lr_coincidences', 'plot_lr_groups',
-           'plot_group_plan', 'plot_heldout_results', 'save_figures', 'in_notebook', 'progress_line', 'LiveDashboard']
+           'plot_group_plan', 'plot_heldout_results', 'save_figures', 'in_notebook', 'dashboard_line', 'LiveDashboard']
 
 # %% ../nbs/09_plots.ipynb #54543f6f
 import html, io, json, math, numbers, time
@@ -395,7 +395,7 @@ def in_notebook() -> bool:
 def _fmt(v): return f"{v:.4g}" if isinstance(v, numbers.Real) else str(v)
 
 # %% ../nbs/09_plots.ipynb #ecea8220
-def progress_line(state, # a `TrainerState` (or anything with log_history, global_step, max_steps)
+def dashboard_line(state, # a `TrainerState` (or anything with log_history, global_step, max_steps)
                  ) -> str:
     "One line: step/max_steps, stage, and the latest loss values of `state.log_history`."
     hist = state.log_history or []
@@ -456,7 +456,7 @@ def _update_displays(self:LiveDashboard):
 def redraw(self:LiveDashboard, state):
     "Rebuild the figures and progress line from `state`, and show them when in a notebook."
     t0 = time.monotonic()
-    self.progress = progress_line(state)
+    self.progress = dashboard_line(state)
     self.figures = {'loss': plot_losses(state.log_history), 'lr_groups': plot_lr_groups(state.log_history)}
     if self.interactive and self.use_widgets:
         from IPython.display import display, clear_output

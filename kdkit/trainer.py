@@ -13,7 +13,7 @@ import torch
 from fastcore.basics import patch
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.trainer_pt_utils import nested_gather
-from .cache import CacheError, CachedLogitsDataset, collate_teacher_batch
+from .cache import CacheError, CachedLogitsDataset, ReadItems, collate_teacher_batch
 from .losses import dense_distillation_loss, distillation_loss, fused_distillation_loss, match_temperature, scored_rows, topk_targets
 from .hidden import PROJECTIONS_FILE, hidden_term, layer_outputs, save_projections
 from .models import full_lm_head, output_width
@@ -222,6 +222,16 @@ def _set_signature_columns_if_needed(self:DistillationTrainer):
     "The model's forward arguments plus the teacher fields, so `remove_unused_columns` keeps them."
     Trainer._set_signature_columns_if_needed(self)
     self._signature_columns += [f for f in (*TEACHER_FIELDS, 'cache_row') if f not in self._signature_columns]
+
+# %% ../nbs/08_trainer.ipynb #1858930e
+@patch
+def _get_collator_with_removed_columns(self:DistillationTrainer, data_collator, description=None):
+    "HF's column-removing collator (it rebuilds every item), except that a whole cache read with nothing to remove passes as read."
+    wrapped = Trainer._get_collator_with_removed_columns(self, data_collator, description)
+    if wrapped is data_collator: return wrapped
+    keep = set(self._signature_columns)
+    def collate(items): return data_collator(items) if isinstance(items, ReadItems) and items.intact() and set(items[0]) <= keep else wrapped(items)
+    return collate
 
 # %% ../nbs/08_trainer.ipynb #ae1c2751
 class _CacheRows(torch.utils.data.Dataset):
