@@ -152,7 +152,8 @@ def heal_table(results_dir=RESULTS) -> str:
     lines += [f"| {a} | {r['ce']:.3f} | {r['ce'] / T:.2f}x | {r['kl']:.3f} | {r['top1']:.3f} |" for a, r in d['results'].items()]
     goals = '; '.join(f"{d['goal_text'][g]}: {'met' if ok else 'not met'}" for g, ok in d['goals'].items())
     sweep = ''.join(f"\n| {_changed(r['settings'], d['params'])} | {r['tokens_per_arm']:,} | {_ce(r['ce_only'])} | {r['kd_bucket']:.3f} | "
-                    f"{_ratio(r['bucket_excess_over_ce_only_excess'])} |" for r in d.get('variants', []))
+                    f"{_ratio(r['bucket_excess_over_ce_only_excess'])} |"
+                    for r in sorted(d.get('variants', []), key=lambda r: (r['tokens_per_arm'], r['settings'] != d['params'])))
     runs = ' '.join(dict.fromkeys(r['run'] for r in d.get('variants', [])))
     if sweep: sweep = ("\n\nCE-only and tail-bucket KD at other settings, the rest as above (each run: `kdkit run r03_heal -f "
                        "nbs/recipes/configs/heal_smollm2.yaml -p NAME VALUE ... -p arms '[ce_only, kd_bucket]' --out DIR`; "
