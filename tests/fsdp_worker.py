@@ -2,7 +2,7 @@
 lm_head that `kdkit.models.full_lm_head` gathers under FSDP2 (`fully_shard` on the decoder layers, optionally the
 lm_head, and the root), each rank on its half of a fixed batch, against one process on the whole batch.
 Writes {case: {loss, ref, max_grad_diff, ...}} as JSON to --out (rank 0)."""
-import argparse, json
+import argparse, gc, json, os, sys
 from pathlib import Path
 import torch
 import torch.distributed as dist
@@ -99,4 +99,8 @@ for name, (tie, bias, own, micro) in CASES.items():
                      full_inside=gathered, sharded_after=sharded_after)
 if rank == 0:
     with open(a.out, 'w') as f: json.dump(out, f, indent=1)
-dist.destroy_process_group()
+del m, ref; gc.collect()  # the sharded models hold the process group through their device mesh
+dist.barrier(); dist.destroy_process_group()
+# Skip interpreter teardown: gloo worker threads still alive then abort the process now and again
+# ("terminate called without an active exception", SIGABRT), failing a run whose results are already written.
+sys.stdout.flush(); sys.stderr.flush(); os._exit(0)

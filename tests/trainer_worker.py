@@ -1,6 +1,6 @@
 """A two-stage distillation run for tests/test_trainer_runs.py: started with python (one process) or torchrun (DDP on
 CPU, gloo), optionally SIGKILLing itself at a global step. Writes history and final weights under --out."""
-import argparse, json, os, signal
+import argparse, json, os, signal, sys
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import torch
 from transformers import TrainerCallback
@@ -59,3 +59,7 @@ proj = {f'hidden_projections.{k}': v.detach().clone() for k, v in hid.projection
 torch.save({**{k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, **proj}, os.path.join(a.out, f'weights-rank{rank}.pt'))
 if rank == 0:
     with open(os.path.join(a.out, 'history.json'), 'w') as f: json.dump(history, f)
+# Leave without interpreter teardown: gloo threads alive then can abort a finished run (SIGABRT).
+import torch.distributed as dist
+if dist.is_initialized(): dist.barrier(); dist.destroy_process_group()
+sys.stdout.flush(); sys.stderr.flush(); os._exit(0)
