@@ -15,11 +15,16 @@ import argparse, json, sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import machine
+from bench.report import _changed
 from kdkit.recipes import recipe_config, run_recipe
 
 GOALS = {"healed_ce_le_1.10x_teacher": "best arm's held-out CE <= 1.10x the teacher's",
          "bucket_excess_le_0.6x_ce_only": "tail-bucket KD's excess CE over the teacher <= 0.6x CE-only's",
          "best_kd_reaches_ce_only_in_le_half_tokens": "best KD arm reaches CE-only's final CE in <= half the tokens"}
+
+def excess_ratio(kd_ce:float, ce_only_ce:float, teacher_ce:float):
+    "KD's excess CE over the teacher as a fraction of CE-only's; None when CE-only is not above the teacher (no excess to compare)."
+    return (kd_ce - teacher_ce) / (ce_only_ce - teacher_ce) if ce_only_ce > teacher_ce else None
 
 def merged_metrics(folders:list) -> dict:
     "metrics.json of the first finished run in `folders`, with every arm file of the same settings in any of them (headline recomputed)."
@@ -43,10 +48,11 @@ def merged_metrics(folders:list) -> dict:
         hits = [p["step"] for p in m["curves"][best] if p["ce"] <= res["ce_only"]["ce"]]
         h["best_kd_tokens_to_ce_only_final_ratio"] = min(hits) * tps / total if hits else None
     if "ce_only" in res and "kd_bucket" in res:
-        h["bucket_excess_over_ce_only_excess"] = (res["kd_bucket"]["ce"] - tc) / (res["ce_only"]["ce"] - tc)
+        h["bucket_excess_over_ce_only_excess"] = excess_ratio(res["kd_bucket"]["ce"], res["ce_only"]["ce"], tc)
     m["headline"] = h
+    ratio = h.get("bucket_excess_over_ce_only_excess")
     m["goals"] = {"healed_ce_le_1.10x_teacher": h["best_ce_over_teacher"] <= 1.10,
-                  "bucket_excess_le_0.6x_ce_only": (h.get("bucket_excess_over_ce_only_excess") or 9) <= 0.6,
+                  "bucket_excess_le_0.6x_ce_only": None if ratio is None else ratio <= 0.6,  # None: undefined, CE-only at or below the teacher
                   "best_kd_reaches_ce_only_in_le_half_tokens": (h.get("best_kd_tokens_to_ce_only_final_ratio") or 9) <= 0.5}
     return m
 
@@ -83,13 +89,9 @@ def variants(folders:list) -> list:
         tc = teacher.get(heldout(kd["settings"]))
         s = kd["settings"]; row = {"run": kd["run"], "settings": s, "tokens_per_arm": (s["stage1_steps"] + s["stage2_steps"]) * s["batch_size"] * s["seq_len"],
                                    "teacher_ce": tc, "kd_bucket": kd["final"]["ce"], "ce_only": ce["final"]["ce"] if ce else None}
-        row["bucket_excess_over_ce_only_excess"] = (row["kd_bucket"] - tc) / (row["ce_only"] - tc) if ce and tc else None
+        row["bucket_excess_over_ce_only_excess"] = excess_ratio(row["kd_bucket"], row["ce_only"], tc) if ce and tc else None
         rows.append(row)
     return sorted(rows, key=lambda r: (r["tokens_per_arm"], r["run"]))
-
-def changed(settings:dict, base:dict) -> dict:
-    "The settings that differ from the main run's."
-    return {k: v for k, v in settings.items() if base.get(k) != v}
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,7 +107,7 @@ if __name__ == '__main__':
     if a.variants:
         old["variants"] = variants(a.variants)
         Path(a.results).write_text(json.dumps(old, indent=1))
-        for r in old["variants"]: print(changed(r["settings"], old.get("params", {})), r["ce_only"], r["kd_bucket"], r["bucket_excess_over_ce_only_excess"])
+        for r in old["variants"]: print(_changed(r["settings"], old.get("params", {})), r["ce_only"], r["kd_bucket"], r["bucket_excess_over_ce_only_excess"])
         raise SystemExit
     t0 = time.time()
     if a.from_run: runs = [Path(r) for r in a.from_run]

@@ -140,7 +140,13 @@ def _changed(settings:dict, base:dict) -> str:
     return ', '.join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in settings.items() if base.get(k) != v) or 'none (the run above)'
 
 def _ce(x): return '' if x is None else f'{x:.3f}'
-def _ratio(x): return '' if x is None else f'{x:.2f}x'
+def _excess(x, ce_only):
+    "KD's excess over CE-only's as a cell: undefined when CE-only is not above the teacher; flagged when KD is below the teacher."
+    if ce_only is None: return ''
+    if x is None: return 'undefined (CE-only at or below the teacher)'
+    return f'{x:.2f}x' + (' (KD below the teacher)' if x < 0 else '')
+def _tokens_share(x): return 'within its tokens never' if x is None else f'at {x:.2f} of the tokens'
+def _goal(ok): return 'undefined' if ok is None else 'met' if ok else 'not met'
 
 def heal_table(results_dir=RESULTS) -> str:
     "The heal run's arms (bench/results/heal.json): final held-out CE, KL and top-1 per arm, the headline figures, goals."
@@ -150,9 +156,9 @@ def heal_table(results_dir=RESULTS) -> str:
     lines = ['| arm | held-out CE | x teacher | exact KL | top-1 |', '|---|---|---|---|---|', f'| teacher | {T:.3f} | 1.00x | 0 | 1 |',
              f"| pruned, before healing | {d['start']['ce']:.3f} | {d['start']['ce'] / T:.2f}x | {d['start']['kl']:.3f} | {d['start']['top1']:.3f} |"]
     lines += [f"| {a} | {r['ce']:.3f} | {r['ce'] / T:.2f}x | {r['kl']:.3f} | {r['top1']:.3f} |" for a, r in d['results'].items()]
-    goals = '; '.join(f"{d['goal_text'][g]}: {'met' if ok else 'not met'}" for g, ok in d['goals'].items())
+    goals = '; '.join(f"{d['goal_text'][g]}: {_goal(ok)}" for g, ok in d['goals'].items())
     sweep = ''.join(f"\n| {_changed(r['settings'], d['params'])} | {r['tokens_per_arm']:,} | {_ce(r['ce_only'])} | {r['kd_bucket']:.3f} | "
-                    f"{_ratio(r['bucket_excess_over_ce_only_excess'])} |"
+                    f"{_excess(r['bucket_excess_over_ce_only_excess'], r['ce_only'])} |"
                     for r in sorted(d.get('variants', []), key=lambda r: (r['tokens_per_arm'], r['settings'] != d['params'])))
     runs = ' '.join(dict.fromkeys(r['run'] for r in d.get('variants', [])))
     if sweep: sweep = ("\n\nCE-only and tail-bucket KD at other settings, the rest as above (each run: `kdkit run r03_heal -f "
@@ -161,8 +167,8 @@ def heal_table(results_dir=RESULTS) -> str:
                        "| changed from the run above | tokens per arm | CE-only CE | tail-bucket KD CE | KD's excess / CE-only's |\n|---|---|---|---|---|" + sweep)
     return '\n'.join(lines) + (f"\n\n{h['tokens_per_arm']:,} training tokens per arm. Best arm ({h['best_kd_arm']}) at "
         f"{h['best_ce_over_teacher']:.2f}x the teacher's held-out CE; tail-bucket KD's excess CE over the teacher "
-        f"{h['bucket_excess_over_ce_only_excess']:.2f}x CE-only's; the best KD arm reaches CE-only's final CE at "
-        f"{h['best_kd_tokens_to_ce_only_final_ratio']:.2f} of the tokens. Goals: {goals}.\n"
+        f"{_excess(h['bucket_excess_over_ce_only_excess'], d['results'].get('ce_only', {}).get('ce'))} CE-only's; the best KD arm reaches CE-only's final CE "
+        f"{_tokens_share(h.get('best_kd_tokens_to_ce_only_final_ratio'))}. Goals: {goals}.\n"
         f"Command: `{d['command']}` ({d['machine']}).") + sweep
 
 def hidden_table(results_dir=RESULTS) -> str:

@@ -19,7 +19,8 @@ from .losses import dense_distillation_loss, scored_rows
 __all__ = ['TINY_ARCHS', 'ORIGIN_KEY', 'DROP_SPECS', 'MODEL_SPECS', 'TOKEN_FIELDS', 'tiny_model', 'load_demo_teacher',
            'smollm2_gguf_path', 'load_smollm2', 'decoder_layers_path', 'layer_origin', 'drop_layers', 'dropped_layers',
            'load_student_model', 'load_model', 'load_tokenizer', 'check_plain_lm_head', 'model_lm_head',
-           'model_hidden_states', 'output_width', 'evaluate_distillation', 'full_lm_head', 'layer_importance']
+           'model_hidden_states', 'output_width', 'untied_missing_keys', 'evaluate_distillation', 'full_lm_head',
+           'layer_importance']
 
 # %% ../nbs/01_models.ipynb #396811fa
 TINY_ARCHS = ('llama', 'qwen2', 'gpt2')
@@ -230,6 +231,15 @@ def output_width(model) -> int:
     emb = model.get_output_embeddings() if hasattr(model, 'get_output_embeddings') else None
     w = getattr(emb, 'weight', None)
     return int(w.shape[0]) if w is not None else int(model.config.vocab_size)
+
+# %% ../nbs/01_models.ipynb #0ae6d8dd
+def untied_missing_keys(model, # the model a state dict was loaded into
+                        missing:list, # the missing keys `load_state_dict(strict=False)` reported
+                       ) -> list:
+    "The keys of `missing` not tied to a parameter that was loaded under another name."
+    params, gone = dict(model.named_parameters(remove_duplicate=False)), set(missing)
+    loaded = {id(p) for n, p in params.items() if n not in gone}
+    return [k for k in missing if k not in params or id(params[k]) not in loaded]
 
 # %% ../nbs/01_models.ipynb #311427e6
 TOKEN_FIELDS = ('input_ids', 'attention_mask', 'labels')

@@ -16,7 +16,7 @@ from transformers.trainer_pt_utils import nested_gather
 from .cache import CacheError, CachedLogitsDataset, ReadItems, collate_teacher_batch
 from .losses import dense_distillation_loss, distillation_loss, fused_distillation_loss, match_temperature, scored_rows, topk_targets
 from .hidden import PROJECTIONS_FILE, hidden_term, layer_outputs, save_projections
-from .models import full_lm_head, output_width
+from .models import full_lm_head, output_width, untied_missing_keys
 from .param_groups import ParameterGroupManager
 from .stages import KD_TAILS, STAGE_FIELDS, Stage, _check_hidden, _check_kd, parse_lr_rules, run_stages
 
@@ -72,7 +72,6 @@ def _first_field(targets:dict) -> torch.Tensor:
     "The [B,S,...] field every kind of targets has: `teacher_ids`, or the online teacher's `teacher_logits`."
     return targets['teacher_ids'] if 'teacher_ids' in targets else targets['teacher_logits']
 
-# %% ../nbs/08_trainer.ipynb #9824ce43
 def teacher_top1(targets:dict, rows:torch.Tensor) -> torch.Tensor:
     "The teacher's most likely next token [n] at flat rows `rows` (most-sampled id for sampled targets)."
     if 'teacher_logits' in targets: return targets['teacher_logits'].flatten(0, 1)[rows].argmax(-1)  # the online teacher's logits
@@ -147,7 +146,6 @@ def _datasets(self:DistillationTrainer):
     ev = list(ev.values()) if isinstance(ev, dict) else [ev]
     return [d for d in [self.train_dataset, *ev] if d is not None]
 
-# %% ../nbs/08_trainer.ipynb #b98bea9a
 def _has_targets(ds) -> bool:
     "Whether the items of `ds` carry teacher fields (a cache, or a dataset with a `teacher_ids` column)."
     if isinstance(ds, CachedLogitsDataset): return True
@@ -413,13 +411,17 @@ def _save(self:DistillationTrainer, output_dir=None, state_dict=None):
     hid = self._hidden_term()
     if hid is not None and hid.parameters(): save_projections(hid.projections, output_dir or self.args.output_dir)
 
-# %% ../nbs/08_trainer.ipynb #443b022c
 @patch
 def _load_from_checkpoint(self:DistillationTrainer, resume_from_checkpoint, model=None):
     "The Trainer's load, plus the hidden-state projections saved in the checkpoint."
     Trainer._load_from_checkpoint(self, resume_from_checkpoint, model)
     hid, f = self._hidden_term(), Path(resume_from_checkpoint) / PROJECTIONS_FILE
     if hid is not None and hid.parameters() and f.is_file(): hid.projections.load_state_dict(torch.load(f, weights_only=True)['state'])
+
+@patch
+def _issue_warnings_after_load(self:DistillationTrainer, load_result):
+    "The Trainer's warnings after a load, less the keys loaded through a tie (a tied head is saved once, as the embedding)."
+    Trainer._issue_warnings_after_load(self, load_result._replace(missing_keys=untied_missing_keys(self.model, load_result.missing_keys)))
 
 # %% ../nbs/08_trainer.ipynb #11141b65
 @patch

@@ -90,3 +90,15 @@ def test_variants_pair_each_kd_run_with_its_ce_only_run(tmp_path):
     assert rows[str(folders[1])]["ce_only"] == 4.0 and rows[str(folders[1])]["bucket_excess_over_ce_only_excess"] == pytest.approx(0.6)
     assert rows[str(folders[2])]["ce_only"] is None and rows[str(folders[2])]["bucket_excess_over_ce_only_excess"] is None
     assert _changed(rows[str(folders[1])]["settings"], base) == "alpha 0.75" and _changed(base, base) == "none (the run above)"
+
+def test_excess_ratio_is_undefined_once_ce_only_reaches_the_teacher():
+    "Below the teacher 'excess CE' stops measuring healing: no ratio when CE-only has no excess, and a KD arm below the teacher is flagged."
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.bench_heal import excess_ratio
+    from bench.report import _excess, _goal
+    assert excess_ratio(3.5, 4.0, 3.0) == pytest.approx(0.5)
+    assert excess_ratio(2.9, 3.0, 3.0) is None and excess_ratio(2.8, 2.9, 3.0) is None
+    assert excess_ratio(2.9, 3.1, 3.0) == pytest.approx(-1.0)
+    assert _excess(None, 2.9).startswith("undefined") and _excess(-1.0, 3.1) == "-1.00x (KD below the teacher)" and _excess(None, None) == ""
+    assert _goal(None) == "undefined" and _goal(True) == "met" and _goal(False) == "not met"
