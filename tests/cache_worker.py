@@ -3,7 +3,7 @@
     python tests/cache_worker.py OUT.h5 [--sleep S] [--mode topk|sample] [--dist] [--shards] [--fake-nccl] [--absent-rank R]
     torchrun --nproc_per_node=2 tests/cache_worker.py OUT.h5 --dist
 """
-import argparse, os, time
+import argparse, os, sys, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -63,4 +63,6 @@ if __name__ == '__main__':
     print('READY', flush=True)  # imports done: the kill tests time their kills from here
     gen.generate(data, Path(a.out), shards=a.shards)
     print('DONE', os.environ.get('RANK', '0'), flush=True)
-    if a.dist: dist.destroy_process_group()
+    if a.dist:
+        dist.destroy_process_group()
+        sys.stdout.flush(); sys.stderr.flush(); os._exit(0)  # gloo threads alive at interpreter teardown can abort a finished run
