@@ -88,7 +88,8 @@ def variants(folders:list) -> list:
         ce = next((r for r in arms if r["arm"] == "ce_only" and relevant(r["settings"]) == relevant(kd["settings"])), None)
         tc = teacher.get(heldout(kd["settings"]))
         s = kd["settings"]; row = {"run": kd["run"], "settings": s, "tokens_per_arm": (s["stage1_steps"] + s["stage2_steps"]) * s["batch_size"] * s["seq_len"],
-                                   "teacher_ce": tc, "kd_bucket": kd["final"]["ce"], "ce_only": ce["final"]["ce"] if ce else None}
+                                   "teacher_ce": tc, "kd_bucket": kd["final"]["ce"], "ce_only": ce["final"]["ce"] if ce else None,
+                                   "kd_bucket_kl": kd["final"].get("kl"), "ce_only_kl": ce["final"].get("kl") if ce else None}
         row["bucket_excess_over_ce_only_excess"] = excess_ratio(row["kd_bucket"], row["ce_only"], tc) if ce and tc else None
         rows.append(row)
     return sorted(rows, key=lambda r: (r["tokens_per_arm"], r["run"]))
