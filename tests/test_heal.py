@@ -102,3 +102,11 @@ def test_excess_ratio_is_undefined_once_ce_only_reaches_the_teacher():
     assert excess_ratio(2.9, 3.1, 3.0) == pytest.approx(-1.0)
     assert _excess(None, 2.9).startswith("undefined") and _excess(-1.0, 3.1) == "-1.00x (KD below the teacher)" and _excess(None, None) == ""
     assert _goal(None) == "undefined" and _goal(True) == "met" and _goal(False) == "not met"
+
+def test_kd_at_another_temperature_caches_its_lse(tmp_path):
+    "A KD arm at temperature 2 trains: the top-k cache stores the LSE at T = 1 and at the arms' temperature."
+    from kdkit.cache import read_cache_metadata
+    out = tmp_path/"r03"
+    run_recipe("r03_heal", out, {"arms": ["kd_bucket"], "temperature": 2.0}, config=recipe_config("heal_tiny"), log_output=False)
+    assert list(read_cache_metadata(out/"teacher_topk.h5")["temperatures"]) == [1.0, 2.0]
+    assert json.loads((out/"arm_kd_bucket.json").read_text())["settings"]["temperature"] == 2.0
