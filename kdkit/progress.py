@@ -115,6 +115,7 @@ def on_train_begin(self:TrainingProgress, args, state, control, **kwargs):
     "Start the clock of one `train()` call (one stage of `run_stages`)."
     self.t0, self.step0, self.last = time.time(), state.global_step, time.time()
     self.tokens0 = getattr(state, 'num_input_tokens_seen', 0) or 0
+    self.loss = self.stage = None  # the last stage's loss and name are not this one's (its first log brings them)
 
 # %% ../nbs/12_progress.ipynb #5749bba3
 @patch

@@ -28,6 +28,12 @@ def test_tiny_heal_every_arm_then_merge(tmp_path):
     assert {"bucket_excess_over_ce_only_excess", "best_kd_tokens_to_ce_only_final_ratio"} <= set(h)
     assert set(m["goals"]) == {"healed_ce_le_1.10x_teacher", "bucket_excess_le_0.6x_ce_only", "best_kd_reaches_ce_only_in_le_half_tokens"}
     assert len(m["origin"]) == 3 and m["hidden_pairs"]  # one of the demo teacher's 4 layers dropped
+    o = m["other_heldout"]["stdlib"]  # other text: the arms of both runs, scored on it at their end
+    assert set(o["arms"]) == set(ARMS) and o["teacher_ce"] > 0 and o["n_tokens"] > 0 and set(o["pruned"]) == {"ce", "kl", "top1"}
+    for a, r in o["arms"].items(): assert r["kl"] >= 0 and 0 <= r["top1"] <= 1, (a, r)
+    from bench.bench_heal import merged_metrics
+    mm = merged_metrics([first, out])  # the benchmark's merge: `first`'s metrics, every arm of both folders
+    assert set(mm["other_heldout"]["stdlib"]["arms"]) == set(ARMS) and mm["other_heldout"]["stdlib"]["arms"] == o["arms"]
     run_recipe("r03_heal", out, {"arms": ARMS[:1]}, config=recipe_config("heal_tiny"), log_output=False)  # again into the same folder
     assert set(json.loads((out/"metrics.json").read_text())["results"]) == set(ARMS)  # the arms it had are kept, not retrained
 
@@ -110,3 +116,10 @@ def test_kd_at_another_temperature_caches_its_lse(tmp_path):
     run_recipe("r03_heal", out, {"arms": ["kd_bucket"], "temperature": 2.0}, config=recipe_config("heal_tiny"), log_output=False)
     assert list(read_cache_metadata(out/"teacher_topk.h5")["temperatures"]) == [1.0, 2.0]
     assert json.loads((out/"arm_kd_bucket.json").read_text())["settings"]["temperature"] == 2.0
+
+@pytest.mark.parametrize("other, message", [(["demo"], "is the transfer set"), (["nowhere/missing.txt"], "missing.txt"), ([3], "source name or path")])
+def test_bad_other_heldout_is_refused(tmp_path, other, message):
+    "Other held-out text that is the transfer set itself, a missing file or not a name is refused before any training, naming it."
+    with pytest.raises(Exception, match=message):
+        run_recipe("r03_heal", tmp_path/"r03", {"arms": ["ce_only"], "other_heldout": other}, config=recipe_config("heal_tiny"), log_output=False)
+    assert not list((tmp_path/"r03").glob("arm_*.json"))
